@@ -1,0 +1,6 @@
+"""d2cache-jax: diffusion LLM inference (LLaDA, Dream) with training-free caches, in JAX."""
+
+from d2cache_jax.config import ModelConfig
+from d2cache_jax.model import forward
+
+__all__ = ["ModelConfig", "forward"]

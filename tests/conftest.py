@@ -1,0 +1,9 @@
+import os
+
+# Tests run on the CPU with 8 fake devices so mesh code is exercised; fp32 matmuls at full precision.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
