@@ -1,0 +1,85 @@
+"""From logits to a proposed token and a confidence per row (upstream `sample_tokens`, ALGORITHMS.md 1.5)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+F32 = jnp.float32
+NEG = jnp.finfo(F32).min
+
+CONFIDENCE_KINDS = ("maskgit_plus", "topk_margin", "entropy", "random")
+
+
+class Proposal(NamedTuple):
+    """Per row: proposed token, its confidence (higher = commit earlier) and predictive entropy."""
+
+    token: jax.Array  # [..] int32
+    conf: jax.Array  # [..] float32
+    entropy: jax.Array  # [..] float32 (used by the EB sampler)
+
+
+def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
+    """Nucleus filter: keep the smallest sorted prefix whose mass reaches top_p (top-1 always kept)."""
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    drop_sorted = cum > top_p
+    # Shift right by one so the token that crosses the threshold is kept.
+    drop_sorted = jnp.concatenate([jnp.zeros_like(drop_sorted[..., :1]), drop_sorted[..., :-1]], axis=-1)
+    drop = jnp.zeros_like(drop_sorted).at[
+        tuple(jnp.indices(order.shape)[:-1]) + (order,)].set(drop_sorted)
+    return jnp.where(drop, NEG, logits)
+
+
+def top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    return jnp.where(logits < kth, NEG, logits)
+
+
+def propose(logits: jax.Array, rng: jax.Array, *, mask_id: int, temperature: float = 0.0,
+            top_p: float | None = None, top_k: int | None = None, alg: str = "maskgit_plus",
+            bf16_confidence: bool = False, gumbel: bool = False) -> Proposal:
+    """Propose a token per row of fp32 logits [..., V]; the mask id is never proposed.
+
+    Order as upstream: temperature, top-p, top-k, softmax, sample or arg-max, then `alg` decides
+    the confidence. `gumbel=True` samples as LLaDA's reference does (Gumbel-max; float64 when
+    jax_enable_x64 is on, float32 otherwise) instead of categorical sampling.
+    """
+    logits = logits.astype(F32).at[..., mask_id].set(NEG)
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p is not None and top_p < 1.0:
+        logits = top_p_filter(logits, top_p)
+    if top_k is not None and top_k > 0:
+        logits = top_k_filter(logits, top_k)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    probs = jnp.exp(logp)
+    if bf16_confidence:
+        probs = probs.astype(jnp.bfloat16).astype(F32)
+    k_tok, k_conf = jax.random.split(rng)
+    if temperature > 0 and gumbel:
+        wide = jnp.float64 if jax.config.jax_enable_x64 else F32
+        u = jax.random.uniform(k_tok, logits.shape, dtype=wide, minval=jnp.finfo(wide).tiny)
+        token = jnp.argmax(logits.astype(wide) - jnp.log(-jnp.log(u)), axis=-1)
+    elif temperature > 0:
+        token = jax.random.categorical(k_tok, logits, axis=-1)
+    else:
+        token = jnp.argmax(probs, axis=-1)
+    token = token.astype(jnp.int32)
+    p_tok = jnp.take_along_axis(probs, token[..., None], axis=-1)[..., 0]
+    entropy = -jnp.sum(jnp.where(probs > 0, probs * logp, 0.0), axis=-1)
+    if alg == "maskgit_plus":
+        conf = p_tok
+    elif alg == "topk_margin":
+        top2 = jax.lax.top_k(probs, 2)[0]
+        conf = top2[..., 0] - top2[..., 1]
+    elif alg == "entropy":
+        conf = jnp.sum(probs * jnp.log(probs + 1e-10), axis=-1)
+    elif alg == "random":
+        conf = jax.random.uniform(k_conf, p_tok.shape, F32)
+    else:
+        raise ValueError(f"unknown confidence alg {alg!r}; known: {', '.join(CONFIDENCE_KINDS)}")
+    return Proposal(token, conf.astype(F32), entropy.astype(F32))

@@ -1,0 +1,132 @@
+"""`generate`: prompts in, generated ids and stats out. Compile time is measured apart from run time."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from d2cache_jax.cache import METHODS
+from d2cache_jax.config import ModelConfig
+from d2cache_jax.generation import step as step_lib
+from d2cache_jax.generation.options import GenOptions, make_options
+from d2cache_jax.generation.state import GenState, init_state, pad_prompts
+
+
+@dataclasses.dataclass
+class GenerateResult:
+    tokens: np.ndarray  # [B, gen_length] int32 (after the first stop token: as decoded, or eos if never)
+    lengths: np.ndarray  # [B] int32: tokens before the first stop token
+    stats: dict[str, Any]
+
+
+# The step and the whole loop, jitted with the config and options static. The device loop is the
+# default: one dispatch, no host sync per step, early exit inside `lax.while_loop`. The host loop
+# calls the same jitted step from Python, for a progress bar or step-by-step inspection.
+_step_jit = jax.jit(step_lib.step, static_argnums=(0, 1), donate_argnums=(3,))
+_run_jit = jax.jit(step_lib.run, static_argnums=(0, 1), donate_argnums=(3,))
+
+
+def _static(opts: GenOptions) -> GenOptions:
+    """Options as the compiled program sees them: host-only fields normalised so they never recompile."""
+    return dataclasses.replace(opts, seed=0, loop="device", prompt_bucket=0)
+
+
+def first_stop(cfg: ModelConfig, tokens: np.ndarray) -> np.ndarray:
+    is_stop = np.isin(tokens, cfg.stop_token_ids)
+    return np.where(is_stop.any(-1), is_stop.argmax(-1), tokens.shape[-1]).astype(np.int32)
+
+
+def prepare(cfg: ModelConfig, prompt_ids, opts: GenOptions, attention_mask=None) -> GenState:
+    ids, mask = pad_prompts(cfg, prompt_ids, opts.gen_length, opts.prompt_bucket, attention_mask)
+    b, t = ids.shape[0], ids.shape[1] + opts.gen_length
+    cache = METHODS[opts.cache].init(cfg, opts, b, t)
+    return init_state(cfg, opts, ids, mask, cache, jax.random.key(opts.seed))
+
+
+def generate(config: ModelConfig, params, prompt_ids, attention_mask=None, progress: bool = False,
+             **options: Any) -> GenerateResult:
+    """Generate `gen_length` tokens after each prompt with the chosen decoder and cache.
+
+    `prompt_ids`: a list of id lists (any lengths; left-padded here) or an int array [B, L].
+    `options`: keyword arguments named like the flags of `experiments.generate` (see GenOptions).
+    """
+    opts = make_options(**options)
+    state = prepare(config, prompt_ids, opts, attention_mask)
+    sopts = _static(opts)
+    t0 = time.perf_counter()
+    if opts.loop == "device":
+        compiled = _run_jit.lower(config, sopts, params, state).compile()
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        state = jax.block_until_ready(compiled(params, state))
+    else:
+        compiled = _step_jit.lower(config, sopts, params, state).compile()
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        state = _host_loop(compiled, params, state, opts, progress)
+    wall_s = time.perf_counter() - t0
+    return _result(config, opts, state, wall_s, compile_s)
+
+
+def _host_loop(compiled, params, state: GenState, opts: GenOptions, progress: bool) -> GenState:
+    limit = step_lib.max_steps(opts)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=opts.gen_length, desc="denoising", unit="tok")
+    for _ in range(limit):
+        state = compiled(params, state)
+        done, block, committed = jax.device_get((state.done, state.block, (state.commit_step >= 0).sum(-1)))
+        if bar is not None:
+            bar.n = int(committed.min())
+            bar.refresh()
+        if done.all() or block >= opts.num_blocks:
+            break
+    if bar is not None:
+        bar.close()
+    return state
+
+
+def _result(cfg: ModelConfig, opts: GenOptions, state: GenState, wall_s: float, compile_s: float):
+    tokens, commit, steps, rows, overflow = jax.device_get(
+        (state.tokens[:, -opts.gen_length:], state.commit_step, state.step, state.rows_computed,
+         state.overflow))
+    tokens = np.asarray(tokens, np.int32).copy()
+    lengths = first_stop(cfg, tokens)
+    # Positions left masked after an early stop read as eos.
+    tokens[tokens == cfg.mask_token_id] = cfg.eos_token_id
+    steps = int(steps)
+    tps = []
+    for r in range(tokens.shape[0]):
+        n = int(lengths[r]) or opts.gen_length
+        last = int(commit[r, :n].max()) + 1 if n else 1
+        tps.append(n / max(last, 1))
+    committed = int((commit >= 0).sum())
+    stats = dict(
+        steps=steps,
+        forward_passes=steps * (2 if opts.cfg_scale > 0 else 1),
+        tokens_per_step=float(np.mean(tps)),
+        committed_per_step=committed / max(steps * tokens.shape[0], 1),
+        steps_per_seq=[int(commit[r].max()) + 1 for r in range(tokens.shape[0])],
+        generated_tokens=int(lengths.sum()),
+        wall_s=wall_s,
+        compile_s=compile_s,
+        tokens_per_s=float(lengths.sum()) / wall_s if wall_s > 0 else 0.0,
+        recompute_share=float(rows) / max(steps, 1),
+        overflow_rows=int(overflow),
+        cache=opts.cache,
+        decoder=opts.decoder,
+    )
+    return GenerateResult(tokens=tokens, lengths=lengths, stats=stats)
+
+
+@functools.cache
+def step_fn(config: ModelConfig, opts: GenOptions):
+    """The jitted `state -> state` step for these static settings (for tests and tools)."""
+    return functools.partial(_step_jit, config, _static(opts))

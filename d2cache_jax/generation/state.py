@@ -1,0 +1,77 @@
+"""The generation state: one pytree carried from step to step (static shapes throughout)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from d2cache_jax.config import ModelConfig
+from d2cache_jax.model import positions_from_mask
+
+
+@struct.dataclass
+class GenState:
+    tokens: jax.Array  # [B, T] canvas: left-padded prompt (P) then gen_length positions
+    key_mask: jax.Array  # [B, T] bool: False on left padding
+    positions: jax.Array  # [B, T] int32 RoPE positions (cumsum(mask) - 1)
+    commit_step: jax.Array  # [B, G] int32: step at which each gen position was committed, -1 if masked
+    block: jax.Array  # () int32: current block
+    block_step: jax.Array  # () int32: steps taken in the current block
+    step: jax.Array  # () int32: steps taken (= forward passes)
+    n_block_start: jax.Array  # [B] int32: masked positions of the current block when it started
+    done: jax.Array  # [B] bool
+    rng: jax.Array
+    cache: Any  # the cache method's pytree
+    rows_computed: jax.Array  # () float32: sum over steps of the share of rows recomputed
+    overflow: jax.Array  # () int32: rows a selective cache wanted but could not fit in its capacity
+
+
+def pad_prompts(cfg: ModelConfig, prompt_ids, gen_length: int, bucket: int = 16,
+                attention_mask=None) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad prompts (list of id lists or [B, L] array) to a bucketed length P; returns (ids, mask)."""
+    if isinstance(prompt_ids, (list, tuple)) and (len(prompt_ids) == 0 or np.ndim(prompt_ids[0]) == 1):
+        seqs = [np.asarray(p, np.int64).reshape(-1) for p in prompt_ids]
+    else:
+        arr = np.asarray(prompt_ids)
+        if arr.ndim != 2:
+            raise ValueError(f"prompt_ids must be [batch, length] or a list of id lists, not {arr.shape}")
+        if attention_mask is None:
+            seqs = list(arr)
+        else:
+            m = np.asarray(attention_mask).astype(bool)
+            seqs = [row[mrow] for row, mrow in zip(arr, m)]
+    if not seqs:
+        raise ValueError("prompt_ids is empty: give at least one prompt")
+    for i, s in enumerate(seqs):
+        if s.size == 0:
+            raise ValueError(f"prompt {i} is empty")
+        if s.min() < 0 or s.max() >= cfg.vocab_size:
+            raise ValueError(f"prompt {i} has token ids outside [0, {cfg.vocab_size})")
+        if s.size + gen_length > cfg.max_seq_len:
+            raise ValueError(f"prompt {i} has {s.size} tokens; with gen_length={gen_length} that exceeds the "
+                             f"model's context of {cfg.max_seq_len} (at most {cfg.max_seq_len - gen_length})")
+    p = max(s.size for s in seqs)
+    p = -(-p // bucket) * bucket
+    ids = np.full((len(seqs), p), cfg.pad_token_id, np.int32)
+    mask = np.zeros((len(seqs), p), bool)
+    for i, s in enumerate(seqs):
+        ids[i, p - s.size:] = s
+        mask[i, p - s.size:] = True
+    return ids, mask
+
+
+def init_state(cfg: ModelConfig, opts, prompt_ids: np.ndarray, prompt_mask: np.ndarray, cache: Any,
+               rng: jax.Array) -> GenState:
+    b, g = prompt_ids.shape[0], opts.gen_length
+    tokens = jnp.concatenate([jnp.asarray(prompt_ids), jnp.full((b, g), cfg.mask_token_id, jnp.int32)], 1)
+    key_mask = jnp.concatenate([jnp.asarray(prompt_mask), jnp.ones((b, g), bool)], 1)
+    zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the state is donated to the step
+    return GenState(
+        tokens=tokens, key_mask=key_mask, positions=positions_from_mask(key_mask),
+        commit_step=jnp.full((b, g), -1, jnp.int32), block=zero(), block_step=zero(), step=zero(),
+        n_block_start=jnp.full((b,), opts.block, jnp.int32), done=jnp.zeros((b,), bool), rng=rng,
+        cache=cache, rows_computed=jnp.zeros((), jnp.float32), overflow=zero())

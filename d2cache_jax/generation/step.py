@@ -1,0 +1,109 @@
+"""One denoising step, `state -> state`, with static shapes: forward through the cache method,
+propose a token per computed gen position, let the decoder commit some, advance the block."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from d2cache_jax.cache import METHODS
+from d2cache_jax.cache.base import StepInfo
+from d2cache_jax.config import ModelConfig
+from d2cache_jax.decoding import DECODERS, schedule
+from d2cache_jax.decoding.base import DecodeInputs
+from d2cache_jax.decoding.density import certainty_density
+from d2cache_jax.decoding.sampling import propose
+from d2cache_jax.generation.state import GenState
+
+
+def before_first_stop(cfg: ModelConfig, gen: jax.Array) -> jax.Array:
+    """[B, G] bool: positions strictly before the first committed stop token (all True if none)."""
+    is_stop = jnp.isin(gen, jnp.asarray(cfg.stop_token_ids))
+    first = jnp.where(is_stop.any(-1), jnp.argmax(is_stop, -1), gen.shape[-1])
+    return jnp.arange(gen.shape[-1]) < first[:, None]
+
+
+def scatter_to_gen(gen_idx: jax.Array, values: jax.Array, gen_length: int, fill) -> jax.Array:
+    """Rows [B, R] -> gen positions [B, G]; unused slots (index G) are dropped."""
+    out = jnp.full(gen_idx.shape[:1] + (gen_length,), fill, values.dtype)
+    return out.at[jnp.arange(gen_idx.shape[0])[:, None], gen_idx].set(values, mode="drop")
+
+
+def propose_kw(cfg: ModelConfig, opts) -> dict:
+    return dict(mask_id=cfg.mask_token_id, temperature=opts.temperature, top_p=opts.top_p,
+                top_k=opts.top_k, alg=opts.confidence_kind,
+                bf16_confidence=opts.bf16_confidence or opts.upstream_compat,
+                gumbel=opts.sampling == "gumbel")
+
+
+def step(cfg: ModelConfig, opts, params, state: GenState) -> GenState:
+    method = METHODS[opts.cache]
+    g, bl = opts.gen_length, opts.block
+    p = state.tokens.shape[1] - g
+    fwd = method.forward(cfg, opts, params, state)
+    rng, k_prop, k_dec = jax.random.split(state.rng, 3)
+
+    prop = propose(fwd.logits, k_prop, **propose_kw(cfg, opts))
+    valid = scatter_to_gen(fwd.gen_idx, jnp.ones_like(fwd.gen_idx, bool), g, False)
+    x0 = scatter_to_gen(fwd.gen_idx, prop.token, g, 0)
+    conf = scatter_to_gen(fwd.gen_idx, prop.conf, g, -jnp.inf)
+    ent = scatter_to_gen(fwd.gen_idx, prop.entropy, g, jnp.inf)
+    if opts.upstream_compat:
+        # Upstream HEAD decodes positions it did not recompute from all-zero logits (ALGORITHMS.md 5 #2).
+        z = propose(jnp.zeros((1, cfg.vocab_size), jnp.float32), k_prop, **propose_kw(cfg, opts))
+        x0 = jnp.where(valid, x0, z.token[0])
+        conf = jnp.where(valid, conf, z.conf[0])
+        ent = jnp.where(valid, ent, z.entropy[0])
+        valid = jnp.ones_like(valid)
+
+    gen = state.tokens[:, p:]
+    masked = gen == cfg.mask_token_id
+    block_mask = jnp.broadcast_to((jnp.arange(g) // bl) == state.block, gen.shape)
+    live = block_mask & before_first_stop(cfg, gen) if opts.stop_at_eos else block_mask
+    eligible = masked & live & valid & ~state.done[:, None]
+    score = conf
+    if opts.cp_sigma > 0:
+        score = conf * certainty_density(~masked, opts.cp_sigma)
+    n_masked_block = (masked & live).sum(-1).astype(jnp.int32)
+    budget, reveal = schedule.budget(opts, n_masked_block, state.n_block_start, state.block_step)
+    inputs = DecodeInputs(jnp.where(eligible, score, -jnp.inf), conf, ent, eligible, budget, reveal)
+    transfer = DECODERS[opts.decoder](inputs, opts, k_dec) & eligible
+
+    new_gen = jnp.where(transfer, x0, gen)
+    tokens = state.tokens.at[:, p:].set(new_gen)
+    commit_step = jnp.where(transfer, state.step, state.commit_step)
+
+    # A block ends when no row has a masked position left in it (before its first EOS if stopping).
+    new_masked = new_gen == cfg.mask_token_id
+    keep = before_first_stop(cfg, new_gen) if opts.stop_at_eos else jnp.ones_like(new_masked)
+    todo = new_masked & keep
+    block_left = (todo & block_mask).any(-1) & ~state.done
+    advance = ~block_left.any()
+    block = state.block + advance.astype(jnp.int32)
+    next_block_mask = (jnp.arange(g) // bl) == block
+    n_next = (todo & next_block_mask).sum(-1).astype(jnp.int32)
+    done = state.done | ~todo.any(-1)
+
+    new_state = state.replace(
+        tokens=tokens, commit_step=commit_step, block=block,
+        block_step=jnp.where(advance, 0, state.block_step + 1),
+        step=state.step + 1, n_block_start=jnp.where(advance, n_next, state.n_block_start),
+        done=done, rng=rng, rows_computed=state.rows_computed + fwd.rows,
+        overflow=state.overflow + fwd.overflow, cache=fwd.cache)
+    info = StepInfo(transfer=transfer, conf=conf, valid=valid, block_mask=block_mask, eligible=eligible)
+    return new_state.replace(cache=method.after_step(cfg, opts, new_state, info))
+
+
+def max_steps(opts) -> int:
+    """Safety bound on the loop: every step of an unfinished block commits at least one token."""
+    return 2 * opts.gen_length + 2 * opts.num_blocks * opts.steps_per_block + 8
+
+
+def run(cfg: ModelConfig, opts, params, state: GenState) -> GenState:
+    """Every step on device in one `lax.while_loop`: no host sync per step, early exit when all done."""
+    limit = max_steps(opts)
+
+    def cond(s):
+        return ~s.done.all() & (s.block < opts.num_blocks) & (s.step < limit)
+
+    return jax.lax.while_loop(cond, lambda s: step(cfg, opts, params, s), state)
