@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from checkpoints_convert.safetensors_io import DTYPES, CheckpointError, write_safetensors
+from d2cache_jax.checkpoint import get_path, set_path  # noqa: F401  (re-exported)
 from d2cache_jax.config import ModelConfig, from_hf_config
 from d2cache_jax.params import param_shapes
 
@@ -120,27 +121,6 @@ def key_map(cfg: ModelConfig, family_layout: str | None = None) -> dict[str, Ent
                 continue
             out[hf_tpl.format(i=i)] = Entry(path, kind, tuple(shape), hf_shape(kind, tuple(shape)))
     return out
-
-
-def get_path(tree: dict, path: str) -> Any:
-    """tree at a dotted path (list indices as integers); None if absent."""
-    node: Any = tree
-    for part in path.split("."):
-        if isinstance(node, list):
-            node = node[int(part)]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return None
-    return node
-
-
-def set_path(tree: dict, path: str, value: Any) -> None:
-    *parents, last = path.split(".")
-    node: Any = tree
-    for part in parents:
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    node[last] = value
 
 
 # --- config.json in each family's own field names ---------------------------------------------

@@ -1,0 +1,176 @@
+"""Streaming converter from a published HF checkpoint (LLaDA or Dream) to our converted format.
+
+Every shard header is read and checked first (keys, shapes, dtypes, file sizes) so that a bad
+checkpoint fails before anything is written; then shards are read one at a time, one tensor at a
+time, transformed into our layout and handed to `d2cache_jax.checkpoint.write_converted`, which
+saves each group of params as soon as it is complete.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+
+from checkpoints_convert.layout import Entry, key_map, to_ours
+from checkpoints_convert.safetensors_io import DTYPES, CheckpointError, TensorInfo, read_header, read_tensor
+from d2cache_jax.checkpoint import write_converted
+from d2cache_jax.config import ModelConfig, detect_family, from_hf_config
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "vocab.txt", "tokenizer.model", "added_tokens.json", "chat_template.json",
+                   "chat_template.jinja", "generation_config.json")
+
+
+class Source(NamedTuple):
+    """A checked HF checkpoint: config, shard headers in file order, and the key map."""
+
+    hf_dir: str
+    cfg: ModelConfig  # param_dtype is the output dtype
+    shards: list[tuple[str, dict[str, TensorInfo]]]
+    entries: dict[str, Entry]
+
+
+def _read_config(hf_dir: str, family: str | None, dtype: str) -> ModelConfig:
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"missing config.json in {hf_dir}")
+    try:
+        with open(path) as f:
+            hf_cfg = json.load(f)
+        found = detect_family(hf_cfg)
+        if family is not None and found != family:
+            raise CheckpointError(f"{path} is a {found} config; use checkpoints_convert.{found}")
+        return from_hf_config(hf_cfg, family=found, param_dtype=dtype)
+    except (ValueError, TypeError, KeyError) as e:  # unknown / missing fields, bad values
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def _shard_files(hf_dir: str) -> tuple[list[str], dict[str, str] | None]:
+    """Shard paths, and the index's key -> file map when the checkpoint is sharded."""
+    index_path = os.path.join(hf_dir, INDEX)
+    if os.path.isfile(index_path):
+        try:
+            with open(index_path) as f:
+                weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"corrupt index {index_path}: {e!r}") from None
+        files = list(dict.fromkeys(weight_map.values()))
+        for name in files:
+            if not os.path.isfile(os.path.join(hf_dir, name)):
+                raise CheckpointError(f"missing shard file {os.path.join(hf_dir, name)} "
+                                      f"(named in {index_path})")
+        return [os.path.join(hf_dir, n) for n in files], weight_map
+    if os.path.isfile(os.path.join(hf_dir, SINGLE)):
+        return [os.path.join(hf_dir, SINGLE)], None
+    raise CheckpointError(f"no {INDEX} or {SINGLE} in {hf_dir}")
+
+
+def inspect_hf(hf_dir: str, family: str | None = None, dtype: str | None = None) -> Source:
+    """Read config and every shard header; raise one CheckpointError listing all problems.
+
+    The output dtype is `dtype`, else bfloat16 when the embedding is stored in bf16, else float32.
+    """
+    files, weight_map = _shard_files(hf_dir)
+    shards = [(f, read_header(f)) for f in files]
+    where = {k: f for f, hdr in shards for k in hdr}
+    embeds = ("model.transformer.wte.weight", "model.embed_tokens.weight")
+    embed_dt = next((hdr[k].dtype for _, hdr in shards for k in hdr if k in embeds), None)
+    out_dtype = dtype or ("bfloat16" if embed_dt in (None, "BF16") else "float32")
+    if out_dtype not in ("bfloat16", "float32"):
+        raise CheckpointError(f"--dtype must be bfloat16 or float32, got {out_dtype!r}")
+    cfg = _read_config(hf_dir, family, out_dtype)
+    entries = key_map(cfg)
+    errors = []
+    for f, hdr in shards:
+        for k in hdr:
+            if weight_map is not None and os.path.join(hf_dir, weight_map.get(k, "?")) != f:
+                errors.append(f"key {k} is in {f} but {INDEX} places it in {weight_map.get(k)}")
+    if weight_map is not None:
+        errors += [f"key {k}: {INDEX} places it in {os.path.join(hf_dir, v)}, which does not hold it"
+                   for k, v in weight_map.items() if k not in where]
+    errors += [f"unknown key {k} in {where[k]}" for k in where if k not in entries]
+    errors += [f"missing key {k} (expected by {hf_dir}/config.json, in no shard)"
+               for k in entries if k not in where]
+    for k, e in entries.items():
+        if k in where:
+            info = dict(shards)[where[k]][k]
+            if info.shape != e.hf_shape:
+                errors.append(f"wrong shape for {k} in {where[k]}: {list(info.shape)}, expected "
+                              f"{list(e.hf_shape)} from config.json")
+    if errors:
+        raise CheckpointError(f"{len(errors)} problem(s) in {hf_dir}:\n  " + "\n  ".join(errors))
+    return Source(hf_dir, cfg, shards, entries)
+
+
+def iter_params(src: Source) -> Iterator[tuple[str, np.ndarray]]:
+    """(our dotted path, array in our layout and dtype), one shard and one tensor at a time."""
+    dt = np.dtype(src.cfg.param_dtype) if src.cfg.param_dtype == "float32" else DTYPES["BF16"]
+    for path, hdr in src.shards:
+        with open(path, "rb") as f:
+            for key, info in sorted(hdr.items(), key=lambda kv: kv[1].start):
+                e = src.entries[key]
+                arr = to_ours(e.kind, read_tensor(f, info, path), e.shape)
+                yield e.path, arr.astype(dt, copy=False)
+                del arr
+
+
+def tokenizer_files(hf_dir: str) -> list[str]:
+    """Tokenizer, chat template and generation config files present in `hf_dir`."""
+    names = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
+    names += [os.path.basename(p) for p in sorted(glob.glob(os.path.join(hf_dir, "*.jinja")))
+              if os.path.basename(p) not in names]
+    return [os.path.join(hf_dir, n) for n in names]
+
+
+def convert(hf_dir: str, out: str, family: str | None = None, dtype: str | None = None) -> ModelConfig:
+    """Convert `hf_dir` into a new directory `out` (error if it exists; atomic rename at the end)."""
+    if os.path.exists(out):
+        raise FileExistsError(f"output directory already exists: {out}")
+    src = inspect_hf(hf_dir, family, dtype)
+    source = {"hf_dir": os.path.abspath(hf_dir), "files": [os.path.basename(f) for f, _ in src.shards]}
+    write_converted(src.cfg, iter_params(src), out, tokenizer_files(hf_dir), source)
+    return src.cfg
+
+
+# --- command line -----------------------------------------------------------------------------
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("hf_dir", None, "Published checkpoint directory (config.json + safetensors).")
+    flags.DEFINE_string("out", None, "Output directory; must not exist.")
+    flags.DEFINE_enum("dtype", None, ["bfloat16", "float32"],
+                      "Cast params to this dtype (default: keep bf16 checkpoints bf16).")
+    flags.mark_flags_as_required(["hf_dir", "out"])
+
+
+def main(argv: list[str], family: str) -> None:
+    """absl main body: convert --hf_dir into --out; errors are one clear line on stderr, exit 1."""
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    f = flags.FLAGS
+    try:
+        cfg = convert(f.hf_dir, f.out, family, f.dtype)
+    except (CheckpointError, FileExistsError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {f.out}: {cfg.family} {cfg.n_layers} layers d_model={cfg.d_model} {cfg.param_dtype}")
+
+
+def run(family: str) -> None:
+    """Entry point of `python -m checkpoints_convert.<family>`."""
+    from absl import app
+
+    _define_flags()
+    app.run(lambda argv: main(argv, family))

@@ -1,0 +1,216 @@
+"""Converted checkpoints: orbax items per group of params, a manifest, our ModelConfig; and `load`.
+
+A converted directory holds
+
+    manifest.json        format tag, family, dtype, the params paths of every group
+    model_config.json    `ModelConfig.to_dict()`
+    params/<group>/      one orbax StandardCheckpointer item per group: `embed`, `layer_000` ...,
+                         `final` (final_norm + lm_head)
+    tokenizer files      copied from the source checkpoint
+
+Groups are written as soon as they are complete, so a converter never holds the whole model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from d2cache_jax.config import ModelConfig
+from d2cache_jax.params import param_shapes
+
+FORMAT = "d2cache-jax/converted-v1"
+MANIFEST = "manifest.json"
+MODEL_CONFIG = "model_config.json"
+DTYPES = ("bfloat16", "float32")
+
+
+def group_of(path: str) -> str:
+    """The orbax item holding a dotted params path (`layers.3.wq` -> `layer_003`)."""
+    if path.startswith("layers."):
+        return f"layer_{int(path.split('.')[1]):03d}"
+    return "embed" if path == "embed" else "final"
+
+
+def group_paths(cfg: ModelConfig) -> dict[str, list[str]]:
+    """Every group's dotted params paths, in writing order."""
+    out = {"embed": ["embed"]}
+    for i, layer in enumerate(param_shapes(cfg)["layers"]):
+        out[f"layer_{i:03d}"] = [f"layers.{i}.{k}" for k in layer]
+    out["final"] = ["final_norm", "lm_head"]
+    return out
+
+
+def get_path(tree: Any, path: str) -> Any:
+    """tree at a dotted path (list indices as integers); None if absent."""
+    node = tree
+    for part in path.split("."):
+        if isinstance(node, list | tuple):
+            node = node[int(part)] if int(part) < len(node) else None
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return None
+        if node is None:
+            return None
+    return node
+
+
+def set_path(tree: Any, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node = tree
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    node[last] = value
+
+
+def _leaf_name(path: str) -> str:
+    return path.split(".")[-1]
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return name
+
+
+def _fresh_tmp(out: str) -> str:
+    """A temporary sibling of `out` (renamed onto it once complete); `out` must not exist."""
+    if os.path.exists(out):
+        raise FileExistsError(f"output directory already exists: {out}")
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out))}.partial-")
+
+
+def write_converted(cfg: ModelConfig, items: Iterable[tuple[str, np.ndarray]], out: str,
+                    extra_files: Sequence[str] = (), source: dict | None = None) -> str:
+    """Write params streamed as (dotted path, array) pairs to a converted directory at `out`.
+
+    Each group is saved with orbax as soon as all its arrays have arrived and then dropped. The
+    directory is built in a temporary sibling and renamed only when complete; on any error the
+    temporary is removed and `out` is never touched.
+    """
+    import orbax.checkpoint as ocp
+
+    groups = group_paths(cfg)
+    tmp = _fresh_tmp(out)
+    try:
+        ckptr = ocp.StandardCheckpointer()
+        pending: dict[str, dict[str, np.ndarray]] = {}
+        done = set()
+        for path, arr in items:
+            g = group_of(path)
+            if g not in groups or path not in groups[g] or g in done or path in pending.get(g, {}):
+                raise ValueError(f"unexpected or repeated params path {path!r}")
+            pending.setdefault(g, {})[path] = arr
+            if len(pending[g]) == len(groups[g]):
+                tree = {_leaf_name(p): a for p, a in pending.pop(g).items()}
+                ckptr.save(os.path.join(tmp, "params", g), tree)
+                ckptr.wait_until_finished()
+                del tree
+                done.add(g)
+        missing = [p for g, ps in groups.items() if g not in done for p in ps
+                   if p not in pending.get(g, {})]
+        if missing:
+            raise ValueError(f"params stream ended without: {', '.join(missing)}")
+        manifest = {"format": FORMAT, "family": cfg.family, "param_dtype": cfg.param_dtype,
+                    "groups": groups, "source": source or {}}
+        _write_json(os.path.join(tmp, MANIFEST), manifest)
+        _write_json(os.path.join(tmp, MODEL_CONFIG), cfg.to_dict())
+        for f in extra_files:
+            shutil.copyfile(f, os.path.join(tmp, os.path.basename(f)))
+        if os.path.exists(out):
+            raise FileExistsError(f"output directory already exists: {out}")
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def save(cfg: ModelConfig, params: dict, out: str) -> str:
+    """Write in-memory params as a converted directory (the format `load` reads fastest)."""
+    items = ((p, np.asarray(get_path(params, p))) for ps in group_paths(cfg).values() for p in ps)
+    return write_converted(cfg, items, out, source={"from": "save"})
+
+
+def _skeleton(cfg: ModelConfig) -> dict:
+    return {"embed": None, "layers": [{} for _ in range(cfg.n_layers)], "final_norm": None,
+            "lm_head": None}
+
+
+def _sharding_at(shardings: Any, path: str):
+    if shardings is None:
+        return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    s = get_path(shardings, path)
+    if not isinstance(s, jax.sharding.Sharding):
+        raise ValueError(f"shardings has no jax.sharding.Sharding at params path {path!r}")
+    return s
+
+
+def load(path: str, dtype: Any = None, shardings: Any = None) -> tuple[ModelConfig, dict]:
+    """Load (ModelConfig, params) from a converted directory or straight from a published HF one.
+
+    `dtype` ("bfloat16" / "float32") casts the params; default keeps the checkpoint's. `shardings`
+    is an optional pytree of `jax.sharding.Sharding` shaped like the params: arrays are restored
+    straight into those shardings (orbax restore targets carry them).
+    """
+    if os.path.isfile(os.path.join(path, MANIFEST)):
+        return _load_converted(path, dtype, shardings)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return _load_hf(path, dtype, shardings)
+    raise FileNotFoundError(f"{path} is neither a converted checkpoint ({MANIFEST}) nor an HF "
+                            f"checkpoint (config.json)")
+
+
+def _load_converted(path: str, dtype: Any, shardings: Any) -> tuple[ModelConfig, dict]:
+    import orbax.checkpoint as ocp
+
+    with open(os.path.join(path, MANIFEST)) as f:
+        manifest = json.load(f)
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}/{MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    with open(os.path.join(path, MODEL_CONFIG)) as f:
+        cfg = ModelConfig.from_dict(json.load(f))
+    if dtype is not None:
+        cfg = cfg.replace(param_dtype=_dtype_name(dtype))
+    groups = group_paths(cfg)
+    if manifest["groups"] != groups:
+        raise ValueError(f"{path}/{MANIFEST}: groups do not match {MODEL_CONFIG}")
+    shapes, params = param_shapes(cfg), _skeleton(cfg)
+    ckptr = ocp.StandardCheckpointer()
+    for g, paths in groups.items():
+        item = os.path.join(path, "params", g)
+        if not os.path.isdir(item):
+            raise FileNotFoundError(f"missing params group {item}")
+        target = {_leaf_name(p): jax.ShapeDtypeStruct(tuple(get_path(shapes, p)), cfg.param_dtype,
+                                                      sharding=_sharding_at(shardings, p)) for p in paths}
+        restored = ckptr.restore(item, target)
+        for p in paths:
+            set_path(params, p, restored[_leaf_name(p)])
+    return cfg, params
+
+
+def _load_hf(path: str, dtype: Any, shardings: Any) -> tuple[ModelConfig, dict]:
+    from checkpoints_convert.convert import inspect_hf, iter_params
+
+    src = inspect_hf(path, dtype=None if dtype is None else _dtype_name(dtype))
+    params = _skeleton(src.cfg)
+    for p, arr in iter_params(src):
+        set_path(params, p, jax.device_put(arr, _sharding_at(shardings, p)))
+    return src.cfg, params
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
