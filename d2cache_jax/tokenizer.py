@@ -1,0 +1,47 @@
+"""Tokenizer helpers: the checkpoint's own Hugging Face tokenizer files, loaded from disk only."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def load_tokenizer(path: str):
+    """The transformers tokenizer saved beside a checkpoint (no download, no remote code)."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer directory not found: {path}")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def encode_prompts(tokenizer, texts: Sequence[str], chat: bool = False, add_bos: bool = True) -> list[list[int]]:
+    """Token ids per prompt. `chat` applies the checkpoint's chat template (instruct models) with the
+    assistant turn opened; otherwise BOS is put in front unless already there (as upstream does)."""
+    out = []
+    for text in texts:
+        if chat:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
+                                                add_generation_prompt=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            ids = list(ids)
+        else:
+            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            bos = tokenizer.bos_token_id
+            if add_bos and bos is not None and (not ids or ids[0] != bos):
+                ids = [bos] + ids
+        out.append([int(i) for i in ids])
+    return out
+
+
+def decode(tokenizer, ids: np.ndarray | Sequence[int], length: int | None = None) -> str:
+    """Text of the generated ids up to `length` (the first stop token), special tokens dropped."""
+    ids = [int(i) for i in (ids if length is None else ids[:length])]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
