@@ -1,0 +1,171 @@
+"""The evaluation loop: generate in batches, score, append to samples.jsonl, resume, write metrics.json.
+
+`samples.jsonl` gets one line per sample as soon as its batch is scored (flushed and fsynced), so an
+interrupted run resumes where it stopped. At the end the samples are rewritten in index order and
+`metrics.json` is written, both through a temporary file and an atomic rename.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+from d2cache_jax.evaluation import metrics as metrics_lib
+from d2cache_jax.evaluation.data import shard_range
+from d2cache_jax.evaluation.generator import Completion, Generator
+from d2cache_jax.evaluation.tasks.base import ScoreOptions, Task, build_prompts
+
+SAMPLES_FILE = "samples.jsonl"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "run_config.json"
+# run_config keys that may change between an interrupted run and its resumption
+_RESUMABLE_KEYS = ("progress",)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalItem:
+    """One sample to evaluate: its index in the dataset, the record and the prompt text."""
+
+    index: int
+    doc: dict[str, Any]
+    prompt: str
+
+
+def prepare_items(task: Task, docs: Sequence[dict[str, Any]], num_fewshot: int,
+                  pool: Sequence[dict[str, Any]] | None = None, fewshot_seed: int = 1234,
+                  shard: tuple[int, int] = (0, 1)) -> list[EvalItem]:
+    """Prompts for all docs (few-shot draws depend on the whole order), then this shard's items."""
+    prompts = build_prompts(task, docs, num_fewshot, pool, fewshot_seed)
+    return [EvalItem(i, docs[i], prompts[i]) for i in shard_range(len(docs), *shard)]
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write a file through a temporary file in the same folder and an atomic rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_samples(path: str) -> list[dict[str, Any]]:
+    """Records of a samples file; a cut-off last line (an interrupted write) is dropped."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if lineno < len(lines) - 1:  # not the last line: the file is damaged, not just cut off
+                raise ValueError(f"{path}:{lineno}: damaged line in a samples file") from None
+    return records
+
+
+def _check_config(path: str, config: dict[str, Any]) -> None:
+    """Write the run's settings, or check that a resumed run has the same ones."""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        keys = (set(old) | set(config)) - set(_RESUMABLE_KEYS)
+        changed = sorted(k for k in keys if old.get(k) != config.get(k))
+        if changed:
+            diffs = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in changed)
+            raise ValueError(f"{os.path.dirname(path)} holds a run with other settings ({diffs}); "
+                             "use another --output_dir")
+        return
+    write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def make_record(item: EvalItem, completion: Completion, task: Task, options: ScoreOptions,
+                batch_id: int, batch_size: int) -> dict[str, Any]:
+    """Score one completion and describe it as a samples.jsonl line."""
+    score = task.score(item.doc, completion.text, options)
+    stats = {"num_tokens": completion.num_tokens, "steps": completion.steps,
+             "forward_passes": completion.forward_passes, "wall_s": completion.wall_s,
+             "tokens_per_step": completion.tokens_per_step, "batch": batch_id, "batch_size": batch_size,
+             **completion.extra}
+    return {"index": item.index, "prompt": item.prompt, "output": completion.text,
+            "extracted": score.extracted, "correct": bool(score.correct), "details": score.details,
+            "stats": stats}
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="sample", dynamic_ncols=True)
+
+
+def run_evaluation(task: Task, items: Sequence[EvalItem], generator: Generator, output_dir: str,
+                   batch_size: int = 1, score_options: ScoreOptions | None = None,
+                   run_config: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate `items` (skipping those already in output_dir/samples.jsonl) and return the metrics."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    score_options = score_options or ScoreOptions()
+    os.makedirs(output_dir, exist_ok=True)
+    config = {"task": task.name, "num_items": len(items), **(run_config or {})}
+    _check_config(os.path.join(output_dir, CONFIG_FILE), config)
+    samples_path = os.path.join(output_dir, SAMPLES_FILE)
+    wanted = {item.index for item in items}
+    records = {r["index"]: r for r in read_samples(samples_path) if r["index"] in wanted}
+    todo = [item for item in items if item.index not in records]
+    write_atomic(samples_path, "".join(json.dumps(records[i]) + "\n" for i in sorted(records)))
+    bar = _progress_bar(len(items), len(records), progress)
+    tokens, seconds = 0, 0.0
+    with open(samples_path, "a", encoding="utf-8") as out:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            completions = generator.generate([item.prompt for item in batch], until=task.stop_words)
+            if len(completions) != len(batch):
+                raise RuntimeError(f"generator returned {len(completions)} completions for {len(batch)} prompts")
+            for item, completion in zip(batch, completions):
+                record = make_record(item, completion, task, score_options, batch[0].index, len(batch))
+                records[item.index] = record
+                out.write(json.dumps(record) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+            tokens += sum(c.num_tokens for c in completions)
+            seconds += completions[0].wall_s if completions else 0.0
+            accuracy = sum(r["correct"] for r in records.values()) / len(records)
+            bar.set_postfix(acc=f"{accuracy:.3f}", tok_s=f"{tokens / seconds:.1f}" if seconds > 0 else "-")
+            bar.update(len(batch))
+    bar.close()
+    return finish_run(output_dir, [records[i] for i in sorted(records)], config)
+
+
+def finish_run(output_dir: str, records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite samples.jsonl in order, then write metrics.json; both atomically."""
+    write_atomic(os.path.join(output_dir, SAMPLES_FILE), "".join(json.dumps(r) + "\n" for r in records))
+    result = {**metrics_lib.compute_metrics(records), **_peak_memory(output_dir), "config": config,
+              "complete": len(records) == config["num_items"]}
+    write_atomic(os.path.join(output_dir, METRICS_FILE), json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def _peak_memory(output_dir: str) -> dict[str, float | None]:
+    """This process's peaks, or an earlier session's where those were higher (a resumed run)."""
+    now = metrics_lib.peak_memory()
+    path = os.path.join(output_dir, METRICS_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        for key, value in now.items():
+            if old.get(key) is not None and (value is None or old[key] > value):
+                now[key] = old[key]
+    return now
