@@ -102,6 +102,7 @@ def write_converted(cfg: ModelConfig, items: Iterable[tuple[str, np.ndarray]], o
     import orbax.checkpoint as ocp
 
     groups = group_paths(cfg)
+    shapes, dtype = param_shapes(cfg), np.dtype(cfg.param_dtype)
     tmp = _fresh_tmp(out)
     try:
         ckptr = ocp.StandardCheckpointer()
@@ -111,6 +112,9 @@ def write_converted(cfg: ModelConfig, items: Iterable[tuple[str, np.ndarray]], o
             g = group_of(path)
             if g not in groups or path not in groups[g] or g in done or path in pending.get(g, {}):
                 raise ValueError(f"unexpected or repeated params path {path!r}")
+            if arr.shape != tuple(get_path(shapes, path)) or arr.dtype != dtype:
+                raise ValueError(f"params {path}: got {arr.dtype}{list(arr.shape)}, expected "
+                                 f"{dtype}{list(get_path(shapes, path))}")
             pending.setdefault(g, {})[path] = arr
             if len(pending[g]) == len(groups[g]):
                 tree = {_leaf_name(p): a for p, a in pending.pop(g).items()}
@@ -139,7 +143,9 @@ def write_converted(cfg: ModelConfig, items: Iterable[tuple[str, np.ndarray]], o
 
 def save(cfg: ModelConfig, params: dict, out: str) -> str:
     """Write in-memory params as a converted directory (the format `load` reads fastest)."""
-    items = ((p, np.asarray(get_path(params, p))) for ps in group_paths(cfg).values() for p in ps)
+    dtype = np.dtype(cfg.param_dtype)
+    items = ((p, np.asarray(get_path(params, p)).astype(dtype, copy=False))
+             for ps in group_paths(cfg).values() for p in ps)
     return write_converted(cfg, items, out, source={"from": "save"})
 
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+import numpy as np
 import torch
 import transformers
 from safetensors.torch import save_file
@@ -101,15 +102,17 @@ def reference(family: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def published_name(key: str, family: str) -> str:
+    """A transformers state-dict key under `family`'s published name."""
+    if family == "llada":
+        for a, b in _LLAMA_TO_LLADA:
+            key = key.replace(a, b)
+    return key
+
+
 def published_state(model: torch.nn.Module, family: str) -> dict[str, torch.Tensor]:
     """The model's state dict under the published key names of `family`."""
-    out = {}
-    for k, v in model.state_dict().items():
-        if family == "llada":
-            for a, b in _LLAMA_TO_LLADA:
-                k = k.replace(a, b)
-        out[k] = v.detach().clone()
-    return out
+    return {published_name(k, family): v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def write_published(model: torch.nn.Module, family: str, out_dir: str, dtype: torch.dtype = torch.float32,
@@ -164,3 +167,26 @@ def round_to(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
         for p in model.parameters():
             p.copy_(p.to(dtype).float())
     return model
+
+
+def random_params(cfg, seed: int = 0) -> dict:
+    """Random params for `cfg` in NumPy (fast; init_params compiles one op per shape): norms near 1,
+    biases small, matrices scaled by 1/sqrt(fan_in)."""
+    from d2cache_jax.params import param_shapes
+
+    rng = np.random.default_rng(seed)
+
+    def one(name: str, shape: tuple) -> np.ndarray:
+        r = rng.standard_normal(shape)
+        if name.endswith("norm"):
+            r = 1.0 + 0.2 * r
+        elif name in ("bq", "bk", "bv"):
+            r = 0.1 * r
+        elif name != "embed":
+            r = r / np.sqrt(shape[0] * shape[1] if name == "wo" else shape[0])
+        return r.astype(np.float32)
+
+    shapes = param_shapes(cfg)
+    return {"embed": one("embed", shapes["embed"]),
+            "layers": [{k: one(k, s) for k, s in layer.items()} for layer in shapes["layers"]],
+            "final_norm": one("final_norm", shapes["final_norm"]), "lm_head": one("lm_head", shapes["lm_head"])}

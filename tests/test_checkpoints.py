@@ -1,0 +1,279 @@
+"""Converter, load, save and export_hf: round trips, shardings, the CLI, and every bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from checkpoints_convert import layout
+from checkpoints_convert.convert import convert
+from checkpoints_convert.safetensors_io import CheckpointError, read_header
+from d2cache_jax.checkpoint import load, save
+from d2cache_jax.config import tiny_dream, tiny_llada
+from d2cache_jax.model import forward
+from tests import hf_fixtures as H
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INDEX = "model.safetensors.index.json"
+
+
+@pytest.fixture(scope="module")
+def llada_model():
+    return H.reference("llada", seed=2)
+
+
+@pytest.fixture
+def hf_dir(tmp_path, llada_model):
+    """A fresh 3-shard fp32 LLaDA checkpoint per test (tests damage it)."""
+    path = str(tmp_path / "hf")
+    H.write_published(llada_model, "llada", path, torch.float32, num_shards=3)
+    return path
+
+
+def edit_shard(hf_dir: str, key: str, fn) -> None:
+    """Rewrite the shard holding `key` with `fn(state_dict)` and keep the index in step."""
+    with open(os.path.join(hf_dir, INDEX)) as f:
+        index = json.load(f)
+    name = index["weight_map"][key]
+    state = load_file(os.path.join(hf_dir, name))
+    fn(state)
+    save_file(state, os.path.join(hf_dir, name), metadata={"format": "pt"})
+    index["weight_map"] = {k: v for k, v in index["weight_map"].items() if v != name}
+    index["weight_map"].update(dict.fromkeys(state, name))
+    with open(os.path.join(hf_dir, INDEX), "w") as f:
+        json.dump(index, f)
+
+
+def assert_nothing_written(out: str) -> None:
+    parent, base = os.path.split(out)
+    assert not os.path.exists(out)
+    assert not [n for n in os.listdir(parent) if n.startswith(f".{base}.partial")]
+
+
+def tree_equal(a, b) -> None:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        assert x.shape == y.shape and x.dtype == y.dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# --- happy paths --------------------------------------------------------------------------------
+
+def test_converted_layout_and_files(hf_dir, tmp_path):
+    out = str(tmp_path / "conv")
+    cfg = convert(hf_dir, out, "llada")
+    names = set(os.listdir(out))
+    assert {"manifest.json", "model_config.json", "params", "tokenizer_config.json",
+            "generation_config.json", "chat_template.jinja"} <= names
+    assert sorted(os.listdir(os.path.join(out, "params"))) == ["embed", "final", "layer_000", "layer_001"]
+    with open(os.path.join(out, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["family"] == "llada" and manifest["param_dtype"] == "float32"
+    assert cfg.mask_token_id == H.MASK_ID and cfg.n_layers == H.LAYERS
+
+
+def test_single_file_checkpoint(tmp_path, llada_model):
+    path = str(tmp_path / "hf1")
+    H.write_published(llada_model, "llada", path, torch.bfloat16, num_shards=1)
+    cfg, params = load(path)
+    assert cfg.param_dtype == "bfloat16" and params["embed"].dtype == jax.numpy.bfloat16
+
+
+def test_dtype_cast_on_convert(hf_dir, tmp_path):
+    cfg = convert(hf_dir, str(tmp_path / "conv"), dtype="bfloat16")
+    _, params = load(str(tmp_path / "conv"))
+    assert cfg.param_dtype == "bfloat16"
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jax.numpy.dtype("bfloat16")}
+
+
+def test_load_into_shardings(hf_dir, tmp_path):
+    """Restore targets carry the shardings: arrays come back already sharded as asked."""
+    mesh = jax.make_mesh((4,), ("x",), axis_types=(jax.sharding.AxisType.Explicit,))
+    named = lambda *spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+    cfg = convert(hf_dir, str(tmp_path / "conv"))
+    specs = {"embed": named("x", None), "final_norm": named(), "lm_head": named(None, "x"),
+             "layers": [{k: named(None, "x", None) if k in ("wq", "wk", "wv") else named()
+                         for k in ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up",
+                                   "w_down")} for _ in range(cfg.n_layers)]}
+    _, ref = load(str(tmp_path / "conv"))
+    for path in (str(tmp_path / "conv"), hf_dir):
+        _, params = load(path, shardings=specs)
+        assert params["embed"].sharding == specs["embed"]
+        assert params["layers"][1]["wq"].sharding == specs["layers"][1]["wq"]
+        assert len(params["layers"][1]["wq"].addressable_shards) == 4
+        tree_equal(params, ref)
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg = tiny_dream()
+    params = H.random_params(cfg, 3)
+    save(cfg, params, str(tmp_path / "s"))
+    cfg2, params2 = load(str(tmp_path / "s"))
+    assert cfg2 == cfg
+    tree_equal(params2, params)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_export_hf_round_trip(tmp_path, family):
+    """export_hf -> load is the identity (fp32), and bf16 exports round once."""
+    cfg = (tiny_llada if family == "llada" else tiny_dream)(eot_token_id=7 if family == "llada" else None)
+    params = H.random_params(cfg, 4)
+    out = layout.export_hf(cfg, params, str(tmp_path / "x"), family, num_shards=3, dtype="float32")
+    files = sorted(os.listdir(out))
+    assert files.count(INDEX) == 1 and sum(f.endswith(".safetensors") for f in files) == 3
+    cfg2, params2 = load(out)
+    assert cfg2 == cfg
+    tree_equal(params2, params)
+    out16 = layout.export_hf(cfg, params, str(tmp_path / "y"), family, num_shards=1)
+    assert os.listdir(out16).count(INDEX) == 0
+    cfg3, params3 = load(out16)
+    assert cfg3.param_dtype == "bfloat16"
+    tree_equal(params3, jax.tree.map(lambda x: x.astype(jax.numpy.bfloat16), params))
+    with pytest.raises(FileExistsError, match="already exists"):
+        layout.export_hf(cfg, params, out, family)
+
+
+def test_export_hf_llada_loads_in_transformers(tmp_path):
+    """The LLaDA-layout export, renamed back to Llama names, runs in transformers with equal logits."""
+    cfg = tiny_llada(vocab_size=H.VOCAB, d_model=H.D, n_layers=H.LAYERS, n_heads=H.HEADS, n_kv_heads=H.HEADS,
+                     head_dim=H.D // H.HEADS, mlp_hidden=H.FF, rope_theta=H.THETA)
+    params = H.random_params(cfg, 5)
+    out = layout.export_hf(cfg, params, str(tmp_path / "x"), "llada", num_shards=2, dtype="float32")
+    state = {}
+    for name in os.listdir(out):
+        if name.endswith(".safetensors"):
+            state.update(load_file(os.path.join(out, name)))
+    model = H.reference("llada")
+    names = {H.published_name(k, "llada"): k for k in model.state_dict()}
+    assert set(names) == set(state)
+    model.load_state_dict({names[k]: v for k, v in state.items()}, strict=True)
+    t = np.random.RandomState(0).randint(0, H.VOCAB, (2, 9))
+    ours, ref = np.asarray(forward(cfg, params, t)), H.ref_logits(model, t)
+    assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def _cli(family: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", f"checkpoints_convert.{family}", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_converts_dream_and_reports_errors(tmp_path):
+    src = str(tmp_path / "dream_hf")
+    model = H.reference("dream", seed=4)
+    H.write_published(model, "dream", src, torch.bfloat16, num_shards=2)
+    out = str(tmp_path / "dream_conv")
+    res = _cli("dream", f"--hf_dir={src}", f"--out={out}", "--dtype=float32")
+    assert res.returncode == 0, res.stderr
+    cfg, params = load(out)
+    assert cfg.family == "dream" and cfg.param_dtype == "float32"
+    # The LLaDA entry point refuses a Dream checkpoint, naming the config and the right tool.
+    res = _cli("llada", f"--hf_dir={src}", f"--out={tmp_path / 'other'}")
+    assert res.returncode != 0 and "is a dream config" in res.stderr and "config.json" in res.stderr
+    assert_nothing_written(str(tmp_path / "other"))
+
+
+# --- bad inputs: a clear error naming the problem and file/key; nothing left behind --------------
+
+def _fails(hf_dir: str, tmp_path, match: str, exc=CheckpointError) -> None:
+    out = str(tmp_path / "out")
+    with pytest.raises(exc, match=match):
+        convert(hf_dir, out)
+    assert_nothing_written(out)
+    with pytest.raises(exc, match=match):
+        load(hf_dir)
+
+
+def test_missing_shard(hf_dir, tmp_path):
+    os.remove(os.path.join(hf_dir, "model-00002-of-00003.safetensors"))
+    _fails(hf_dir, tmp_path, r"missing shard file .*model-00002-of-00003\.safetensors")
+
+
+def test_truncated_shard(hf_dir, tmp_path):
+    path = os.path.join(hf_dir, "model-00003-of-00003.safetensors")
+    os.truncate(path, os.path.getsize(path) - 100)
+    _fails(hf_dir, tmp_path, r"truncated shard .*model-00003-of-00003\.safetensors")
+
+
+def test_truncated_header(hf_dir, tmp_path):
+    path = os.path.join(hf_dir, "model-00001-of-00003.safetensors")
+    os.truncate(path, 20)
+    with pytest.raises(CheckpointError, match=r"truncated shard .*model-00001-of-00003"):
+        read_header(path)
+    _fails(hf_dir, tmp_path, "truncated shard")
+
+
+def test_wrong_shape(hf_dir, tmp_path):
+    key = "model.transformer.blocks.1.up_proj.weight"
+    edit_shard(hf_dir, key, lambda s: s.update({key: s[key][:-1].contiguous()}))
+    _fails(hf_dir, tmp_path, rf"wrong shape for {key} in .*safetensors: \[95, 64\], expected \[96, 64\]")
+
+
+def test_wrong_dtype(hf_dir, tmp_path):
+    key = "model.transformer.blocks.0.attn_norm.weight"
+    edit_shard(hf_dir, key, lambda s: s.update({key: s[key].double()}))
+    _fails(hf_dir, tmp_path, rf"wrong dtype F64 for {key} in .*safetensors")
+
+
+def test_missing_key(hf_dir, tmp_path):
+    key = "model.transformer.blocks.1.ff_norm.weight"
+    edit_shard(hf_dir, key, lambda s: s.pop(key))
+    _fails(hf_dir, tmp_path, rf"missing key {key}")
+
+
+def test_unknown_key(hf_dir, tmp_path):
+    key = "model.transformer.blocks.0.ff_norm.weight"
+    extra = "model.transformer.blocks.0.q_norm.weight"
+    edit_shard(hf_dir, key, lambda s: s.update({extra: torch.ones(H.D)}))
+    _fails(hf_dir, tmp_path, rf"unknown key {extra} in .*safetensors")
+
+
+def test_key_missing_from_index(hf_dir, tmp_path):
+    with open(os.path.join(hf_dir, INDEX)) as f:
+        index = json.load(f)
+    index["weight_map"].pop("model.transformer.ln_f.weight")
+    with open(os.path.join(hf_dir, INDEX), "w") as f:
+        json.dump(index, f)
+    _fails(hf_dir, tmp_path, r"model\.transformer\.ln_f\.weight is in .* but .*index\.json")
+
+
+def test_unknown_config_field(hf_dir, tmp_path):
+    with open(os.path.join(hf_dir, "config.json"), "w") as f:
+        json.dump(H.llada_config_json(sliding_window_size=4), f)
+    _fails(hf_dir, tmp_path, r"config\.json: LLaDA config\.json has unknown field\(s\): sliding_window_size")
+
+
+def test_output_dir_exists(hf_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=f"already exists: {out}"):
+        convert(hf_dir, str(out))
+    assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    assert not [n for n in os.listdir(tmp_path) if ".partial" in n]
+
+
+def test_error_mid_stream_leaves_nothing(hf_dir, tmp_path, monkeypatch):
+    """A failure after some groups were written removes the temporary output."""
+    from checkpoints_convert import convert as conv
+
+    real = conv.read_tensor
+    calls = {"n": 0}
+
+    def flaky(f, info, path="?"):
+        calls["n"] += 1
+        if calls["n"] > 12:
+            raise CheckpointError(f"truncated shard {path}: short read")
+        return real(f, info, path)
+
+    monkeypatch.setattr(conv, "read_tensor", flaky)
+    _fails(hf_dir, tmp_path, "short read")
