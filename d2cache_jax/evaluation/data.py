@@ -15,6 +15,8 @@ from typing import Any
 
 DATA_EXTENSIONS = (".jsonl", ".json", ".parquet", ".arrow")
 # JSON files in dataset folders that describe the data rather than hold it.
+# Split names that a data file's path may carry.
+_SPLIT_NAMES = ("train", "test", "validation", "valid", "dev", "prompt")
 _METADATA_FILES = {"dataset_info.json", "state.json", "dataset_dict.json", "dataset_infos.json",
                    "config.json", "README.json"}
 
@@ -95,7 +97,8 @@ def find_data_files(folder: str, split: str) -> list[str]:
     matching = [p for p in found if _names_split(os.path.relpath(p, folder), split)]
     if not matching:
         # A folder holding a single split (e.g. `Dataset.save_to_disk`) does not name it.
-        if len({os.path.dirname(p) for p in found}) == 1:
+        named = any(_names_split(os.path.relpath(p, folder), s) for p in found for s in _SPLIT_NAMES)
+        if not named and len({os.path.dirname(p) for p in found}) == 1:
             matching = found
         else:
             raise FileNotFoundError(f"{folder}: no data file names the split {split!r}; found {sorted(found)}")
