@@ -42,8 +42,8 @@ def load_run(path: str) -> dict[str, Any]:
 
 
 def _run_key(run: dict[str, Any]) -> str:
-    """Settings that identify a run, shard aside."""
-    config = {k: v for k, v in run.get("config", {}).items() if k != "shard"}
+    """Settings that identify a run, its shard aside."""
+    config = {k: v for k, v in run.get("config", {}).items() if k not in ("shard", "num_items")}
     return json.dumps(config, sort_keys=True)
 
 
@@ -58,7 +58,8 @@ def merge_shards(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             merged.append(group[0])
             continue
         records = [r for run in group for r in read_samples(os.path.join(run["path"], SAMPLES_FILE))]
-        run = {**group[0], **metrics_lib.compute_metrics(records), "path": ", ".join(r["path"] for r in group)}
+        run = {**group[0], **metrics_lib.compute_metrics(records), "path": ", ".join(r["path"] for r in group),
+               "complete": all(r.get("complete") for r in group)}
         for key in ("peak_device_memory_gb", "peak_host_rss_gb"):
             values = [r.get(key) for r in group if r.get(key) is not None]
             run[key] = max(values) if values else None
