@@ -57,7 +57,7 @@ def validate_flags() -> tuple[Task, tuple[int, int]]:
         raise app.UsageError("--output_dir is required")
     if not CHECKPOINT.value or not os.path.isdir(CHECKPOINT.value):
         raise app.UsageError(f"--checkpoint must be a checkpoint directory, got {CHECKPOINT.value!r}")
-    if DATA.value is None and task.make_docs(1, 0) is None:
+    if DATA.value is None and task.needs_data:
         raise app.UsageError(f"--data is required for task {task.name!r}")
     if DATA.value is not None and not os.path.exists(DATA.value):
         raise app.UsageError(f"--data path does not exist: {DATA.value}")

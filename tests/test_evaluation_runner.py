@@ -135,6 +135,9 @@ class CharTokenizer:
 
     eos_token = "<e>"
 
+    def __len__(self):
+        return 1000
+
     def decode(self, ids, skip_special_tokens=False):
         return "".join("" if (i == 0 and skip_special_tokens) else ("<e>" if i == 0 else chr(i)) for i in ids)
 
@@ -166,6 +169,12 @@ def test_completions_from_a_generate_result():
     assert second.text == "" and second.num_tokens == 0 and second.steps == 3
     quirk = completions_from_result(result, CharTokenizer(), (), {"upstream_compat": True})[1]
     assert quirk.num_tokens == 24  # upstream: an EOS at index 0 counts as all gen_length (24) tokens
+
+
+def test_ids_beyond_the_tokenizer_end_the_text():
+    result = FakeResult(["ab" + chr(1500) + "cd"], [5], {"steps": 5, "forward_passes": 5, "wall_s": 1.0})
+    (completion,) = completions_from_result(result, CharTokenizer(), (), {})
+    assert completion.text == "ab" and completion.num_tokens == 2
 
 
 def test_cut_at_stop_words_takes_the_earliest():

@@ -29,6 +29,7 @@ def test_a_new_task_plugs_in_without_other_edits():
     class Echo(base.Task):
         name = "echo_test_task"
         fields = ("x",)
+        needs_data = False
 
         def doc_to_text(self, doc):
             return doc["x"]

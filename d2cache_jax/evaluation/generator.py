@@ -81,6 +81,12 @@ class ModelGenerator:
         return completions_from_result(result, self.tokenizer, until, self.options)
 
 
+def _text_length(tokens: Any, stop_index: int, vocab: int) -> int:
+    """Tokens before the first stop token or the first id the tokenizer does not know (upstream: EOS)."""
+    unknown = [i for i, t in enumerate(tokens[:stop_index]) if int(t) >= vocab]
+    return unknown[0] if unknown else stop_index
+
+
 def completions_from_result(result: Any, tokenizer: Any, until: Sequence[str],
                             options: dict[str, Any]) -> list[Completion]:
     """Per-row completions from a `GenerateResult` (tokens, lengths, stats)."""
@@ -88,8 +94,9 @@ def completions_from_result(result: Any, tokenizer: Any, until: Sequence[str],
     batch = len(result.lengths)
     gen_length = int(result.tokens.shape[1])
     out = []
+    vocab = len(tokenizer)
     for row in range(batch):
-        n = int(result.lengths[row])
+        n = _text_length(result.tokens[row], int(result.lengths[row]), vocab)
         text = final_text(tokenizer, result.tokens[row, :n].tolist(), until)
         # Upstream counts an EOS at index 0 as "no EOS" (ALGORITHMS.md §4.1, §5 #8).
         counted = gen_length if (n == 0 and options.get("upstream_compat")) else n

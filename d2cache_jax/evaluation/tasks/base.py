@@ -37,6 +37,7 @@ class Task:
     fewshot_delimiter: str = "\n\n"  # after each few-shot answer
     stop_words: tuple[str, ...] = ()  # lm-eval `until`
     gen_length: int = 512  # default generated tokens (ALGORITHMS.md §4.3)
+    needs_data: bool = True  # False: `make_docs` generates the items (no --data)
 
     def doc_to_text(self, doc: dict[str, Any]) -> str:
         raise NotImplementedError
@@ -53,7 +54,7 @@ class Task:
         raise NotImplementedError
 
     def make_docs(self, count: int | None, seed: int) -> list[dict[str, Any]] | None:
-        """Generated items for tasks that need no data file (None: the task needs --data)."""
+        """Generated items, for tasks whose `needs_data` is False."""
         return None
 
 
