@@ -125,7 +125,8 @@ def main(argv):
         flags_common.GEN_LENGTH.value)
     generator.options = flags_common.checked_options(task_defaults)
     options = {k: v for k, v in generator.options.items() if k != "loop"}
-    run_config = {"checkpoint": os.path.abspath(CHECKPOINT.value), "data": DATA.value,
+    data = os.path.abspath(DATA.value) if DATA.value else None
+    run_config = {"checkpoint": os.path.abspath(CHECKPOINT.value), "data": data,
                   "model_kind": "instruct" if instruct else "base", "num_fewshot": num_fewshot,
                   "fewshot_seed": FEWSHOT_SEED.value, "limit": LIMIT.value, "shard": list(shard),
                   "batch_size": BATCH_SIZE.value, "generation": options,

@@ -22,8 +22,7 @@ from d2cache_jax.evaluation.tasks.base import ScoreOptions, Task, build_prompts
 SAMPLES_FILE = "samples.jsonl"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "run_config.json"
-# run_config keys that may change between an interrupted run and its resumption
-_RESUMABLE_KEYS = ("progress",)
+_ID_FIELDS = ("task_id", "unique_id", "id")  # a record's own id, where the dataset has one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +81,7 @@ def _check_config(path: str, config: dict[str, Any]) -> None:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
-        keys = (set(old) | set(config)) - set(_RESUMABLE_KEYS)
-        changed = sorted(k for k in keys if old.get(k) != config.get(k))
+        changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
         if changed:
             diffs = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in changed)
             raise ValueError(f"{os.path.dirname(path)} holds a run with other settings ({diffs}); "
@@ -100,7 +98,8 @@ def make_record(item: EvalItem, completion: Completion, task: Task, options: Sco
              "forward_passes": completion.forward_passes, "wall_s": completion.wall_s,
              "tokens_per_step": completion.tokens_per_step, "batch": batch_id, "batch_size": batch_size,
              **completion.extra}
-    return {"index": item.index, "prompt": item.prompt, "output": completion.text,
+    doc_id = next((item.doc[k] for k in _ID_FIELDS if k in item.doc), None)
+    return {"index": item.index, "doc_id": doc_id, "prompt": item.prompt, "output": completion.text,
             "extracted": score.extracted, "correct": bool(score.correct), "details": score.details,
             "stats": stats}
 
