@@ -91,10 +91,7 @@ def load_fewshot_pool(task: Task, num_fewshot: int) -> list[dict] | None:
     if path is None:
         raise app.UsageError(f"task {task.name!r} draws {num_fewshot} few-shot examples from its "
                              f"{task.fewshot_split!r} split: pass --fewshot_data, or --num_fewshot=0")
-    try:
-        pool = data_lib.load_records(path, task.fewshot_split)
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(f"few-shot data: {e}") from e
+    pool = data_lib.load_records(path, task.fewshot_split)
     data_lib.check_fields(pool, task.fields, path, task.name)
     return pool
 
@@ -110,10 +107,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     task, shard = validate_flags()
-    docs = load_docs(task)
     num_fewshot = task.num_fewshot if NUM_FEWSHOT.value is None else NUM_FEWSHOT.value
-    pool = load_fewshot_pool(task, num_fewshot)
-    items = prepare_items(task, docs, num_fewshot, pool, FEWSHOT_SEED.value, shard)
+    try:
+        docs = load_docs(task)
+        pool = load_fewshot_pool(task, num_fewshot)
+        items = prepare_items(task, docs, num_fewshot, pool, FEWSHOT_SEED.value, shard)
+    except (FileNotFoundError, ValueError) as e:
+        raise app.UsageError(str(e)) from e
     instruct = (MODEL_KIND.value == "instruct" or
                 (MODEL_KIND.value == "auto" and defaults_lib.is_instruct_checkpoint(CHECKPOINT.value)))
 
