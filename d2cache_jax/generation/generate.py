@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from d2cache_jax import sharding
 from d2cache_jax.cache import METHODS
 from d2cache_jax.config import ModelConfig
 from d2cache_jax.generation import step as step_lib
@@ -41,22 +42,30 @@ def first_stop(cfg: ModelConfig, tokens: np.ndarray) -> np.ndarray:
     return np.where(is_stop.any(-1), is_stop.argmax(-1), tokens.shape[-1]).astype(np.int32)
 
 
-def prepare(cfg: ModelConfig, prompt_ids, opts: GenOptions, attention_mask=None) -> GenState:
+def prepare(cfg: ModelConfig, prompt_ids, opts: GenOptions, attention_mask=None, batch_multiple: int = 1) -> GenState:
     ids, mask = pad_prompts(cfg, prompt_ids, opts.gen_length, opts.prompt_bucket, attention_mask)
+    if len(ids) % batch_multiple:  # pad with copies of the last prompt (dropped from the result)
+        extra = batch_multiple - len(ids) % batch_multiple
+        ids, mask = (np.concatenate([a, np.repeat(a[-1:], extra, 0)]) for a in (ids, mask))
     b, t = ids.shape[0], ids.shape[1] + opts.gen_length
     cache = METHODS[opts.cache].init(cfg, opts, b, t)
     return init_state(cfg, opts, ids, mask, cache, jax.random.key(opts.seed))
 
 
 def generate(config: ModelConfig, params, prompt_ids, attention_mask=None, progress: bool = False,
-             **options: Any) -> GenerateResult:
+             mesh: jax.sharding.Mesh | None = None, **options: Any) -> GenerateResult:
     """Generate `gen_length` tokens after each prompt with the chosen decoder and cache.
 
     `prompt_ids`: a list of id lists (any lengths; left-padded here) or an int array [B, L].
+    `mesh`: run sharded over a (data, model) mesh (`d2cache_jax.sharding`); the batch is padded with
+    copies of the last prompt to a multiple of the data axis.
     `options`: keyword arguments named like the flags of `experiments.generate` (see GenOptions).
     """
     opts = make_options(**options)
-    state = prepare(config, prompt_ids, opts, attention_mask)
+    state = prepare(config, prompt_ids, opts, attention_mask, 1 if mesh is None else mesh.shape["data"])
+    rows = len(prompt_ids)
+    if mesh is not None:
+        params, state = sharding.place(config, opts, params, state, mesh)
     sopts = _static(opts)
     t0 = time.perf_counter()
     if opts.loop == "device":
@@ -70,7 +79,7 @@ def generate(config: ModelConfig, params, prompt_ids, attention_mask=None, progr
         t0 = time.perf_counter()
         state = _host_loop(compiled, params, state, opts, progress)
     wall_s = time.perf_counter() - t0
-    return _result(config, opts, state, wall_s, compile_s)
+    return _result(config, opts, state, wall_s, compile_s, rows)
 
 
 def _host_loop(compiled, params, state: GenState, opts: GenOptions, progress: bool) -> GenState:
@@ -93,10 +102,12 @@ def _host_loop(compiled, params, state: GenState, opts: GenOptions, progress: bo
     return state
 
 
-def _result(cfg: ModelConfig, opts: GenOptions, state: GenState, wall_s: float, compile_s: float):
-    tokens, commit, steps, rows, overflow = jax.device_get(
+def _result(cfg: ModelConfig, opts: GenOptions, state: GenState, wall_s: float, compile_s: float,
+            n: int | None = None):
+    tokens, commit, steps, rows, overflow = sharding.to_host(
         (state.tokens[:, -opts.gen_length:], state.commit_step, state.step, state.rows_computed,
          state.overflow))
+    tokens, commit = tokens[:n], commit[:n]
     tokens = np.asarray(tokens, np.int32).copy()
     lengths = first_stop(cfg, tokens)
     # Positions left masked after an early stop read as eos.
