@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from d2cache_jax import config as config_lib
-from d2cache_jax import flops
+from d2cache_jax import files, flops
 from d2cache_jax import params as params_lib
 from d2cache_jax.generation import generate, make_options
 from d2cache_jax.generation.options import CACHES
@@ -192,9 +192,7 @@ def main(argv):
     text = json.dumps(doc, indent=1)
     print(text)
     if OUTPUT_JSON.value:
-        from experiments.generate import write_json_atomic
-
-        write_json_atomic(OUTPUT_JSON.value, doc)
+        files.write_json_atomic(OUTPUT_JSON.value, doc)
 
 
 def plot_sweep(doc: dict, path: str) -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 from absl import app, flags
 
+from d2cache_jax import files
 from experiments import flags_common
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -35,14 +35,6 @@ def model_defaults(checkpoint: str) -> dict:
             return {k: v for k, v in json.load(f).items() if k in flags_common.FIELD_NAMES}
     return {}
 
-
-def write_json_atomic(path: str, obj) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def main(argv):
@@ -74,7 +66,7 @@ def main(argv):
           f"{s['forward_passes']} forward passes, {s['tokens_per_step']:.2f} tok/step, "
           f"{s['tokens_per_s']:.1f} tok/s (run {s['wall_s']:.3f}s, compile {s['compile_s']:.1f}s)")
     if OUTPUT_JSON.value:
-        write_json_atomic(OUTPUT_JSON.value, dict(prompt=PROMPT.value, text=text,
+        files.write_json_atomic(OUTPUT_JSON.value, dict(prompt=PROMPT.value, text=text,
                                                   tokens=res.tokens[0].tolist(), options=options, stats=s))
 
 
