@@ -18,17 +18,38 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = {"gen_length": 8, "steps": 4, "block_length": 8}
 
 
+def save_char_tokenizer(out: str, vocab_size: int) -> None:
+    """A character tokenizer filling the tiny model's whole vocabulary, specials at hf_fixtures' ids."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests import hf_fixtures
+
+    chars = ["\n"] + [chr(c) for c in range(32, 127)]
+    vocab = {t: i for i, t in enumerate(chars)}
+    specials = {"<unk>": hf_fixtures.BOS_ID - 1, "<bos>": hf_fixtures.BOS_ID, "<eos>": hf_fixtures.EOS_ID,
+                "<mask>": hf_fixtures.MASK_ID}
+    vocab.update({f"<f{i}>": i for i in range(len(chars), vocab_size) if i not in specials.values()})
+    vocab.update(specials)
+    assert sorted(vocab.values()) == list(range(vocab_size))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(list(specials))
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<eos>",
+                            unk_token="<unk>", mask_token="<mask>").save_pretrained(out)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A tiny random LLaDA in the published layout with the character tokenizer of the synthetic task."""
-    from d2cache_jax.tasks import synthetic
+    """A tiny random LLaDA in the published layout with a character tokenizer over its 128 ids."""
     from tests import hf_fixtures
 
     out = str(tmp_path_factory.mktemp("ckpt") / "tiny-llada-base")
-    config = hf_fixtures.llada_config_json(max_sequence_length=512, mask_token_id=synthetic.MASK_ID,
-                                           eos_token_id=synthetic.EOS_ID, pad_token_id=synthetic.EOS_ID)
+    config = hf_fixtures.llada_config_json(max_sequence_length=512)
     hf_fixtures.write_published(hf_fixtures.reference("llada"), "llada", out, config=config)
-    synthetic.save_tokenizer(out)
+    os.remove(os.path.join(out, "chat_template.jinja"))
+    save_char_tokenizer(out, hf_fixtures.VOCAB)
     return out
 
 
