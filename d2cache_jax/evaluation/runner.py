@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ from d2cache_jax.evaluation import metrics as metrics_lib
 from d2cache_jax.evaluation.data import shard_range
 from d2cache_jax.evaluation.generator import Completion, Generator
 from d2cache_jax.evaluation.tasks.base import ScoreOptions, Task, build_prompts
+from d2cache_jax.files import write_atomic
 
 SAMPLES_FILE = "samples.jsonl"
 METRICS_FILE = "metrics.json"
@@ -40,22 +40,6 @@ def prepare_items(task: Task, docs: Sequence[dict[str, Any]], num_fewshot: int,
     """Prompts for all docs (few-shot draws depend on the whole order), then this shard's items."""
     prompts = build_prompts(task, docs, num_fewshot, pool, fewshot_seed)
     return [EvalItem(i, docs[i], prompts[i]) for i in shard_range(len(docs), *shard)]
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write a file through a temporary file in the same folder and an atomic rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_samples(path: str) -> list[dict[str, Any]]:
