@@ -20,6 +20,7 @@ Meshes use `AxisType.Auto`: shardings are given at the jit boundary and XLA prop
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,11 +58,16 @@ Axes = tuple[str | None, ...]
 
 # --- meshes -------------------------------------------------------------------------------------
 
-def parse_mesh(spec: str | None, n_devices: int) -> dict[str, int]:
+def parse_mesh(spec: str | None, n_devices: int | None = None) -> dict[str, int]:
     """`"data:2,model:4"` -> {'data': 2, 'model': 4}; missing axes are 1, `None`/"" puts all on data.
 
-    One axis may be `-1` (the rest of the devices). The product must equal `n_devices`.
+    One axis may be `-1` (the rest of the devices). The product must equal `n_devices` (`None`: any,
+    for meshes of devices that are not here).
     """
+    if n_devices is None:
+        if not spec or "-1" in spec.replace(" ", ""):
+            raise ValueError(f"mesh spec {spec!r}: give every axis size when the device count is unknown")
+        n_devices = math.prod(int(v) for v in re.findall(r":\s*(\d+)", spec)) or 1
     sizes = {"data": 1, "model": 1}
     if not spec:
         sizes["data"] = n_devices
