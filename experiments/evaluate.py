@@ -20,7 +20,7 @@ from d2cache_jax.evaluation import defaults as defaults_lib
 from d2cache_jax.evaluation.runner import prepare_items, run_evaluation
 from d2cache_jax.evaluation.tasks import get_task, task_names
 from d2cache_jax.evaluation.tasks.base import ScoreOptions, Task
-from experiments import flags_common
+from experiments import distributed, flags_common
 
 TASK = flags.DEFINE_string("task", None, f"Benchmark: one of {', '.join(task_names())}.")
 DATA = flags.DEFINE_string("data", None, "JSONL/JSON/parquet/arrow file, or a local Hugging Face dataset "
@@ -36,7 +36,8 @@ MODEL_KIND = flags.DEFINE_enum("model_kind", "auto", ["auto", "base", "instruct"
                                "folder's name says so.")
 OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where samples.jsonl and metrics.json go.")
 LIMIT = flags.DEFINE_integer("limit", None, "Evaluate only the first N items.")
-SHARD = flags.DEFINE_string("shard", "0/1", "i/n: evaluate the i-th of n contiguous parts (one per host).")
+SHARD = flags.DEFINE_string("shard", "0/1", "i/n: evaluate the i-th of n contiguous parts (separate jobs; the "
+                                           "processes of one multi-process job split their shard again).")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Prompts per generate call (speed numbers use 1).")
 METHOD_NAME = flags.DEFINE_string("method_name", None, "Label of this run in reports (default: cache+decoder).")
 CODE_TIMEOUT = flags.DEFINE_float("code_timeout_s", 10.0, "Wall-time limit of one code test run.")
@@ -117,9 +118,13 @@ def main(argv):
     instruct = (MODEL_KIND.value == "instruct" or
                 (MODEL_KIND.value == "auto" and defaults_lib.is_instruct_checkpoint(CHECKPOINT.value)))
 
+    from d2cache_jax.evaluation import merge
     from d2cache_jax.evaluation.generator import ModelGenerator
 
-    generator = ModelGenerator(CHECKPOINT.value, chat=instruct)
+    rt = distributed.setup()
+    num_items = len(items)
+    items = merge.process_items(items, rt.process_index, rt.process_count)
+    generator = ModelGenerator(CHECKPOINT.value, chat=instruct, mesh=rt.mesh)
     task_defaults = defaults_lib.generation_defaults(
         task.name, task.gen_length, generator.config.family, instruct, flags_common.CACHE.value,
         flags_common.GEN_LENGTH.value)
@@ -132,9 +137,20 @@ def main(argv):
                   "batch_size": BATCH_SIZE.value, "generation": options,
                   "method": METHOD_NAME.value or method_label(options),
                   "code_limits": {"timeout_s": CODE_TIMEOUT.value, "memory_mb": CODE_MEMORY.value}}
-    metrics = run_evaluation(task, items, generator, OUTPUT_DIR.value, BATCH_SIZE.value,
-                             ScoreOptions(CODE_TIMEOUT.value, CODE_MEMORY.value), run_config,
-                             progress=PROGRESS.value)
+    longest = max((item.prompt for item in items), key=len, default="")
+    distributed.check_memory(generator.config, generator.options, BATCH_SIZE.value,
+                             generator.prompt_length(longest), rt.mesh)
+    part_config = run_config if rt.process_count == 1 else {**run_config, "process": [rt.process_index,
+                                                                                       rt.process_count]}
+    metrics = run_evaluation(task, items, generator, merge.process_dir(OUTPUT_DIR.value, rt.process_index,
+                                                                       rt.process_count),
+                             BATCH_SIZE.value, ScoreOptions(CODE_TIMEOUT.value, CODE_MEMORY.value), part_config,
+                             progress=PROGRESS.value and rt.is_main)
+    if rt.process_count > 1:
+        metrics = merge.gather_and_merge(OUTPUT_DIR.value, metrics,
+                                         {"task": task.name, "num_items": num_items, **run_config})
+    if not rt.is_main:
+        return
     summary = {k: metrics[k] for k in ("num_samples", "accuracy", "throughput_tok_s", "tokens_per_step",
                                         "forward_passes", "latency_s")}
     print(json.dumps(summary, indent=1))

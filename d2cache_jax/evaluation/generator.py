@@ -58,15 +58,18 @@ class ModelGenerator:
     """Generates with `d2cache_jax.generate` from a local checkpoint directory.
 
     `options` are the keyword options of `d2cache_jax.generate` (gen_length, steps, cache, ...).
-    `chat` applies the tokenizer's chat template (instruct models).
+    `chat` applies the tokenizer's chat template (instruct models). `mesh`: restore the params into
+    their shardings on this mesh and generate sharded over it.
     """
 
     def __init__(self, checkpoint: str, options: dict[str, Any] | None = None, chat: bool = False,
-                 add_bos: bool = True):
+                 add_bos: bool = True, mesh: Any = None):
         import d2cache_jax
+        from d2cache_jax import sharding
         from d2cache_jax import tokenizer as tokenizer_lib
 
-        self.config, self.params = d2cache_jax.load(checkpoint)
+        self.mesh = mesh
+        self.config, self.params = d2cache_jax.load(checkpoint) if mesh is None else sharding.load(checkpoint, mesh)
         self.tokenizer = tokenizer_lib.load_tokenizer(checkpoint)
         self.options = dict(options or {})  # may be set after loading, once the family is known
         self.chat = chat
@@ -77,8 +80,13 @@ class ModelGenerator:
     def generate(self, prompts: Sequence[str], until: Sequence[str] = ()) -> list[Completion]:
         """Encode, generate one batch and decode each row to its final text."""
         ids = self._encode(self.tokenizer, list(prompts), chat=self.chat, add_bos=self.add_bos)
-        result = self._generate(self.config, self.params, ids, **self.options)
+        mesh = {} if self.mesh is None else {"mesh": self.mesh}
+        result = self._generate(self.config, self.params, ids, **mesh, **self.options)
         return completions_from_result(result, self.tokenizer, until, self.options)
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens of one encoded prompt (for the memory estimate)."""
+        return len(self._encode(self.tokenizer, [prompt], chat=self.chat, add_bos=self.add_bos)[0])
 
 
 def _text_length(tokens: Any, stop_index: int, vocab: int) -> int:
