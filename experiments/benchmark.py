@@ -25,6 +25,7 @@ from d2cache_jax import files, flops
 from d2cache_jax import params as params_lib
 from d2cache_jax.generation import generate, make_options
 from d2cache_jax.generation.options import CACHES
+from experiments import distributed
 
 PRESETS = {
     "cpu-small": lambda: config_lib.tiny_llada(vocab_size=4096).replace(
@@ -100,13 +101,15 @@ def peak_memory() -> int | None:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # host RSS on CPU
 
 
-def run_one(cfg, p, prompts, method: str, decoder: str, gen_length: int, repeats: int, extra: dict) -> dict:
+def run_one(cfg, p, prompts, method: str, decoder: str, gen_length: int, repeats: int, extra: dict,
+            mesh=None) -> dict:
     opts = {**METHOD_OPTIONS[method], **DECODER_OPTIONS[decoder], "gen_length": gen_length, **extra}
     if opts.get("block_length") and gen_length % opts["block_length"]:
         opts["block_length"] = gen_length
     make_options(**opts)  # validate before spending time
-    warm = generate(cfg, p, prompts, **opts)
-    runs = [generate(cfg, p, prompts, **opts) for _ in range(repeats)]
+    distributed.check_memory(cfg, opts, len(prompts), len(prompts[0]), mesh or {"data": 1, "model": 1})
+    warm = generate(cfg, p, prompts, mesh=mesh, **opts)
+    runs = [generate(cfg, p, prompts, mesh=mesh, **opts) for _ in range(repeats)]
     walls = [r.stats["wall_s"] for r in runs]
     med = statistics.median(walls)
     steps = runs[0].stats["steps"]
@@ -121,14 +124,14 @@ def run_one(cfg, p, prompts, method: str, decoder: str, gen_length: int, repeats
                 options=opts)
 
 
-def benchmark(cfg, p, methods, decoders, gen_length, prompt_len, batch_size, repeats, extra) -> list[dict]:
+def benchmark(cfg, p, methods, decoders, gen_length, prompt_len, batch_size, repeats, extra, mesh=None) -> list[dict]:
     rng = np.random.default_rng(0)
     hi = min(cfg.vocab_size, cfg.mask_token_id)
     prompts = [list(rng.integers(0, hi, prompt_len)) for _ in range(batch_size)]
     results = []
     for m in methods:
         for d in decoders:
-            r = run_one(cfg, p, prompts, m, d, gen_length, repeats, extra)
+            r = run_one(cfg, p, prompts, m, d, gen_length, repeats, extra, mesh)
             print(json.dumps({k: v for k, v in r.items() if k != "options"}), flush=True)
             results.append(r)
     base = next((r for r in results if r["method"] == "none" and r["decoder"] == "vanilla"), None)
@@ -163,11 +166,17 @@ def main(argv):
     except json.JSONDecodeError as e:
         raise app.UsageError(f"--options is not valid JSON: {e}") from e
     dtype = DTYPE.value or ("float32" if PRESET.value.startswith("cpu") else "bfloat16")
+    # One device unless --mesh is given (then the mesh's devices, params placed once).
+    mesh = distributed.setup().mesh if distributed.MESH.value else None
     cfg, p = load_model(dtype)
+    if mesh is not None:
+        from d2cache_jax import sharding
+
+        p = jax.device_put(p, sharding.param_shardings(cfg, mesh))
     t = PROMPT_LEN.value + GEN_LENGTH.value
     doc = dict(preset=None if CHECKPOINT.value else PRESET.value, checkpoint=CHECKPOINT.value,
                machine=machine(), dtype=dtype, params=params_lib.num_params(cfg),
-               prompt_len=PROMPT_LEN.value, **roofline(cfg, jnp.dtype(dtype), rows=t))
+               prompt_len=PROMPT_LEN.value, mesh=mesh and dict(mesh.shape), **roofline(cfg, jnp.dtype(dtype), rows=t))
     if SWEEP.value:
         default = "64,128,256,512" if SWEEP.value == "gen_length" else "1,2,4,8"
         values = [int(v) for v in (SWEEP_VALUES.value or default.split(","))]
@@ -177,12 +186,12 @@ def main(argv):
             g = v if SWEEP.value == "gen_length" else GEN_LENGTH.value
             b = v if SWEEP.value == "batch_size" else BATCH_SIZE.value
             doc["results"] += benchmark(cfg, p, METHODS.value, DECODERS.value, g, PROMPT_LEN.value, b,
-                                        REPEATS.value, extra)
+                                        REPEATS.value, extra, mesh)
         if PLOT.value:
             plot_sweep(doc, PLOT.value)
     else:
         doc["results"] = benchmark(cfg, p, METHODS.value, DECODERS.value, GEN_LENGTH.value, PROMPT_LEN.value,
-                                   BATCH_SIZE.value, REPEATS.value, extra)
+                                   BATCH_SIZE.value, REPEATS.value, extra, mesh)
         none = next((r for r in doc["results"] if r["method"] == "none" and r["decoder"] == "vanilla"), None)
         if none:
             f = flops.step_flops(cfg, t, t, GEN_LENGTH.value, BATCH_SIZE.value)

@@ -12,7 +12,7 @@ import os
 from absl import app, flags
 
 from d2cache_jax import files
-from experiments import flags_common
+from experiments import distributed, flags_common
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   "d2cache_jax", "assets", "tiny_arith")
@@ -49,16 +49,22 @@ def main(argv):
         options["loop"] = "host"
 
     import d2cache_jax
+    from d2cache_jax import sharding
     from d2cache_jax import tokenizer as tok_lib
 
-    cfg, params = d2cache_jax.load(CHECKPOINT.value)
+    rt = distributed.setup()
+    cfg, params = sharding.load(CHECKPOINT.value, rt.mesh)
     tok = tok_lib.load_tokenizer(CHECKPOINT.value)
     chat = CHAT.value == "yes" or (CHAT.value == "auto" and tok_lib.has_chat_template(tok))
     ids = tok_lib.encode_prompts(tok, [PROMPT.value], chat=chat)
+    distributed.check_memory(cfg, options, len(ids), max(len(i) for i in ids), rt.mesh)
     try:
-        res = d2cache_jax.generate(cfg, params, ids, progress=PROGRESS.value, **options)
+        res = d2cache_jax.generate(cfg, params, ids, progress=PROGRESS.value and rt.is_main, mesh=rt.mesh,
+                                   **options)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
+    if not rt.is_main:
+        return
     text = tok_lib.decode(tok, res.tokens[0], int(res.lengths[0]))
     s = res.stats
     print(text)
