@@ -16,7 +16,8 @@ from typing import Any
 
 from d2cache_jax.evaluation import metrics as metrics_lib
 from d2cache_jax.evaluation.data import shard_range
-from d2cache_jax.evaluation.runner import METRICS_FILE, SAMPLES_FILE, read_samples, write_atomic
+from d2cache_jax.evaluation.runner import METRICS_FILE, SAMPLES_FILE, read_samples
+from d2cache_jax.files import write_atomic
 
 PEAK_KEYS = ("peak_device_memory_gb", "peak_host_rss_gb")
 
