@@ -8,6 +8,7 @@ saves each group of params as soon as it is complete.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -19,7 +20,7 @@ import numpy as np
 
 from checkpoints_convert.layout import Entry, key_map, to_ours
 from checkpoints_convert.safetensors_io import DTYPES, CheckpointError, TensorInfo, read_header, read_tensor
-from d2cache_jax.checkpoint import write_converted
+from d2cache_jax.checkpoint import group_paths, write_converted
 from d2cache_jax.config import ModelConfig, detect_family, from_hf_config
 
 INDEX = "model.safetensors.index.json"
@@ -113,13 +114,24 @@ def inspect_hf(hf_dir: str, family: str | None = None, dtype: str | None = None)
 
 
 def iter_params(src: Source) -> Iterator[tuple[str, np.ndarray]]:
-    """(our dotted path, array in our layout and dtype), one shard and one tensor at a time."""
+    """(our dotted path, array in our layout and dtype), one tensor at a time in group order.
+
+    Reading by group (embed, layer 0, ...) with seek + read, rather than in file order, means a
+    consumer that writes each group when complete holds one group at most, however the keys are
+    spread over the shards. Within a group, tensors are read in (shard, offset) order.
+    """
     dt = np.dtype(src.cfg.param_dtype) if src.cfg.param_dtype == "float32" else DTYPES["BF16"]
-    for path, hdr in src.shards:
-        with open(path, "rb") as f:
-            for key, info in sorted(hdr.items(), key=lambda kv: kv[1].start):
+    where = {k: (s, path, info) for s, (path, hdr) in enumerate(src.shards) for k, info in hdr.items()}
+    key_of = {e.path: k for k, e in src.entries.items()}
+    with contextlib.ExitStack() as stack:
+        files = {}
+        for paths in group_paths(src.cfg).values():
+            for key in sorted((key_of[p] for p in paths), key=lambda k: (where[k][0], where[k][2].start)):
+                _, path, info = where[key]
+                if path not in files:
+                    files[path] = stack.enter_context(open(path, "rb"))
                 e = src.entries[key]
-                arr = to_ours(e.kind, read_tensor(f, info, path), e.shape)
+                arr = to_ours(e.kind, read_tensor(files[path], info, path), e.shape)
                 yield e.path, arr.astype(dt, copy=False)
                 del arr
 
@@ -156,11 +168,13 @@ def _define_flags() -> None:
 
 def main(argv: list[str], family: str) -> None:
     """absl main body: convert --hf_dir into --out; errors are one clear line on stderr, exit 1."""
-    from absl import app, flags
+    from absl import app, flags, logging
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
+    if not f["verbosity"].present:  # orbax logs every save at INFO
+        logging.set_verbosity(logging.WARNING)
     try:
         cfg = convert(f.hf_dir, f.out, family, f.dtype)
     except (CheckpointError, FileExistsError, FileNotFoundError) as e:

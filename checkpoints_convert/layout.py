@@ -107,19 +107,25 @@ def to_hf(kind: str, w: np.ndarray) -> np.ndarray:
 
 
 def key_map(cfg: ModelConfig, family_layout: str | None = None) -> dict[str, Entry]:
-    """Every published key of `cfg`'s checkpoint in `family_layout` (default: cfg.family), in order."""
+    """Every published key of `cfg`'s checkpoint in `family_layout` (default: cfg.family), in
+    model order: embedding, layer 0 .. layer n-1, final norm and head."""
     name = family_layout or cfg.family
     if name not in LAYOUTS:
         raise ValueError(f"unknown family layout {name!r}; expected one of {', '.join(LAYOUTS)}")
+    rows = LAYOUTS[name]
+    per_layer = [r for r in rows if "{i}" in r[0]]
+    first = [r for r in rows if r[1] == "embed"]
+    last = [r for r in rows if "{i}" not in r[0] and r[1] != "embed"]
+    order = [(r, None) for r in first] + [(r, i) for i in range(cfg.n_layers) for r in per_layer]
+    order += [(r, None) for r in last]
     shapes = param_shapes(cfg)
     out = {}
-    for hf_tpl, path_tpl, kind in LAYOUTS[name]:
-        for i in range(cfg.n_layers) if "{i}" in hf_tpl else [None]:
-            path = path_tpl.format(i=i)
-            shape = get_path(shapes, path)
-            if shape is None:  # a bias row for a config without biases
-                continue
-            out[hf_tpl.format(i=i)] = Entry(path, kind, tuple(shape), hf_shape(kind, tuple(shape)))
+    for (hf_tpl, path_tpl, kind), i in order:
+        path = path_tpl.format(i=i)
+        shape = get_path(shapes, path)
+        if shape is None:  # a bias row for a config without biases
+            continue
+        out[hf_tpl.format(i=i)] = Entry(path, kind, tuple(shape), hf_shape(kind, tuple(shape)))
     return out
 
 

@@ -30,6 +30,9 @@ FORMAT = "d2cache-jax/converted-v1"
 MANIFEST = "manifest.json"
 MODEL_CONFIG = "model_config.json"
 DTYPES = ("bfloat16", "float32")
+# Orbax chunk size: bounds the transient buffers of each array's write (and lets a sharded restore
+# read only the chunks a device needs).
+CHUNK_BYTES = 32 << 20
 
 
 def group_of(path: str) -> str:
@@ -118,7 +121,8 @@ def write_converted(cfg: ModelConfig, items: Iterable[tuple[str, np.ndarray]], o
             pending.setdefault(g, {})[path] = arr
             if len(pending[g]) == len(groups[g]):
                 tree = {_leaf_name(p): a for p, a in pending.pop(g).items()}
-                ckptr.save(os.path.join(tmp, "params", g), tree)
+                save_args = {k: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES) for k in tree}
+                ckptr.save(os.path.join(tmp, "params", g), tree, save_args=save_args)
                 ckptr.wait_until_finished()
                 del tree
                 done.add(g)
