@@ -1,0 +1,217 @@
+"""d2Cache (ALGORITHMS.md 3.4): recompute a chosen row subset per step, keep every other row's K/V.
+
+Step 0 is a full pass: every row's K/V is stored, the attention rollout runs over the full maps and
+all gen positions are decoded. At every later step only the rows `q_idx` chosen at the end of the
+previous step run through all layers (one selection shared by every layer), attending over the
+cached K/V; logits come back for those rows only. `jax.lax.cond` on `started` keeps both cases in
+one compiled step with static shapes.
+
+After each step (`after_step`) the next selection is built:
+  (a) confidence cache: by default, positions whose logits were computed this step and were masked
+      before it take this step's confidence. `upstream_compat`: frozen at step 0 (bug 5 #1).
+  (b) window: from `current_k` and the block mask. Default: the block mask is the current block.
+      `upstream_compat`: block AND still-masked-at-step-start (HEAD's in-place mutation, bug 5 #3).
+  (c) stage 1: S = conf_cache * certainty_density(decoded, cache_sigma), +max(S) inside the block
+      (per row; over the batch under `upstream_compat`, bug 5 #12); the `current_k` best masked
+      positions of the window. Dream recomputes row j-1 for gen j.
+  (d) positions committed this step are recomputed next step, at their own rows.
+  (e) stage 2: nucleus over the rollout importance with `rollout_p`. Default: only prompt and decoded
+      rows are candidates (bug 5 #10 fixed); `upstream_compat`: masked rows too. Dream's last prompt
+      row follows sel[0]: OR by default, overwrite under `upstream_compat` (bug 5 #9).
+  (f) inflation: gaps of width <= inflate_w between selected rows are filled (whole T, prompt too).
+  Batch top-up (upstream equalises selection counts across the batch) runs only under
+  `upstream_compat`; by default each row keeps its own count and the slots it does not need are
+  unused, so a row's result does not depend on its batch mates. Bug 5 #2 (zero-logit positions
+  decodable) is handled by the step itself. Left-padding rows are never selected.
+
+Static capacity Q (`budgets`): the selection is packed into Q slots by priority, stage 1 (with
+Dream's shifted rows) > committed > stage 2 > inflation > top-up; rows beyond Q are dropped and
+counted in `overflow`. Of the Q rows only H get logits (the output head and the proposal are
+costly): those predicting still-masked positions, best stage-1 score first; a masked position
+recomputed beyond H is not decodable that step and also counts as overflow. The rollout and
+importance are float32 (upstream: bf16) in both modes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from d2cache_jax import model
+from d2cache_jax.cache import rollout
+from d2cache_jax.cache import select_rules as rules
+from d2cache_jax.cache.base import CacheMethod, ForwardOut, StepInfo, empty_kv, gen_rows, rows_to_gen
+
+PARALLEL_DECODERS = ("threshold", "factor", "eb", "dream", "origin")
+
+
+class D2State(NamedTuple):
+    """d2Cache's pytree, carried in GenState.cache."""
+
+    kv: list  # per-layer LayerKV [B, T, Hkv, hd]
+    conf: jax.Array  # [B, G] f32 confidence cache
+    q_idx: jax.Array  # [B, Q] int32 rows to recompute next step, ascending; T = unused slot
+    importance: jax.Array  # [B, T] f32 rollout column sums of the last forward
+    density: jax.Array  # [B, G] f32 stage-1 score S (with the block boost) of the last selection
+    started: jax.Array  # () bool: the step-0 full pass has run
+    overflow: jax.Array  # () int32: rows the last selection could not fit
+
+
+def budgets(opts, total_len: int) -> tuple[int, int]:
+    """Static (Q, H): rows recomputed per step after step 0, and of those, rows given logits.
+
+    Q is `opts.capacity`, or the most rows stages 1-2 can ask for plus margins: k' <= k stage-1
+    rows, c committed rows and n' <= max(1, floor(p n)) stage-2 rows out of n <= T - k' - c
+    candidates (a sorted prefix holding mass <= p holds at most p of the entries), so
+    k' + c + n' <= k + c + floor(p (T - k - c)) + 1; then +1 (Dream's row P-1) + 2 inflate_w,
+    capped at T. Only rows predicting still-masked positions need logits:
+    H = k + c + 2 inflate_w + 1 (all Q under upstream_compat, whose stage 2 also picks masked rows).
+    """
+    k = min(opts.current_k, opts.gen_length)
+    if opts.decoder in PARALLEL_DECODERS:
+        commit = max(k // 2, 1)
+    elif opts.num_transfer_tokens:
+        commit = opts.num_transfer_tokens
+    else:
+        commit = math.ceil(opts.block / opts.steps_per_block)
+    nucleus = math.floor(opts.rollout_p * max(total_len - k - commit, 0)) + 1
+    margin = 2 * opts.inflate_w
+    q = min(opts.capacity or k + commit + nucleus + 1 + margin, total_len)
+    h = q if opts.upstream_compat else min(q, k + commit + margin + 1)
+    return q, h
+
+
+def init(cfg, opts, batch: int, total_len: int) -> D2State:
+    q, _ = budgets(opts, total_len)
+    return D2State(
+        kv=empty_kv(cfg, batch, total_len, model.dtype_of(cfg)),
+        conf=jnp.zeros((batch, opts.gen_length), jnp.float32),
+        q_idx=jnp.full((batch, q), total_len, jnp.int32),
+        importance=jnp.zeros((batch, total_len), jnp.float32),
+        density=jnp.zeros((batch, opts.gen_length), jnp.float32),
+        started=jnp.zeros((), bool),
+        overflow=jnp.zeros((), jnp.int32))
+
+
+def _pad_rows(logits: jax.Array, gen_idx: jax.Array, r: int, g: int):
+    """Pad [B, n, V] logits and [B, n] gen indices to r rows (zeros / unused index G)."""
+    n = logits.shape[1]
+    if n == r:
+        return logits, gen_idx
+    logits = jnp.pad(logits, ((0, 0), (0, r - n), (0, 0)))
+    return logits, jnp.pad(gen_idx, ((0, 0), (0, r - n)), constant_values=g)
+
+
+def _logit_slots(cfg, opts, c: D2State, tokens: jax.Array, h: int):
+    """The h slots of q_idx whose rows get logits: rows predicting still-masked positions first (by
+    stage-1 score), then other gen-predicting rows. Returns (slots [B,H], gen_idx [B,H], dropped)."""
+    b, t = tokens.shape
+    g = opts.gen_length
+    p = t - g
+    pred = rows_to_gen(cfg, c.q_idx, p, g).astype(jnp.int32)  # [B, Q]
+    masked = jnp.pad(tokens[:, p:] == cfg.mask_token_id, ((0, 0), (0, 1)))  # index G: no position
+    need = jnp.take_along_axis(masked, pred, axis=1)
+    score = jnp.take_along_axis(jnp.pad(c.density, ((0, 0), (0, 1))), pred, axis=1)
+    slot = jnp.broadcast_to(jnp.arange(pred.shape[1]), pred.shape)
+    rank = need.astype(jnp.int32) * 2 + (pred < g)
+    slots = jnp.lexsort((slot, -jnp.where(need, score, 0.0), -rank), axis=-1)[:, :h]
+    gen_idx = jnp.take_along_axis(pred, slots, axis=1)
+    dropped = need.sum() - jnp.take_along_axis(need, slots, axis=1).sum()
+    return slots, gen_idx, dropped.astype(jnp.int32)
+
+
+def forward(cfg, opts, params, state) -> ForwardOut:
+    c: D2State = state.cache
+    b, t = state.tokens.shape
+    g = opts.gen_length
+    p = t - g
+    q, h = c.q_idx.shape[1], budgets(opts, t)[1]
+    r = max(g, h)
+    dt = c.kv[0].k.dtype
+
+    def full(_):
+        out = model.forward_rows(cfg, params, state.tokens, state.positions, state.key_mask, need_weights=True)
+        logits = model.head(params, cfg, out.hidden[:, gen_rows(cfg, p, g)])
+        gen_idx = jnp.broadcast_to(jnp.arange(g, dtype=jnp.int32), (b, g))
+        all_rows = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        imp = rollout.rollout_importance(out.attn, all_rows, t)
+        kv = [model.LayerKV(x.k.astype(dt), x.v.astype(dt)) for x in out.kv]
+        return (*_pad_rows(logits, gen_idx, r, g), kv, imp, jnp.float32(1.0), jnp.int32(0))
+
+    def partial(_):
+        out = model.forward_rows(cfg, params, state.tokens, state.positions, state.key_mask,
+                                 q_idx=c.q_idx, kv=c.kv, need_weights=True)
+        if h < q:
+            slots, gen_idx, dropped = _logit_slots(cfg, opts, c, state.tokens, h)
+            hidden = jnp.take_along_axis(out.hidden, slots[..., None], axis=1)
+        else:
+            hidden, gen_idx, dropped = out.hidden, rows_to_gen(cfg, c.q_idx, p, g).astype(jnp.int32), 0
+        logits = model.head(params, cfg, hidden)
+        imp = rollout.rollout_importance(out.attn, c.q_idx, t)
+        share = jnp.mean((c.q_idx < t).sum(-1) / t).astype(jnp.float32)
+        return (*_pad_rows(logits, gen_idx, r, g), out.kv, imp, share, c.overflow + dropped)
+
+    logits, gen_idx, kv, imp, share, overflow = jax.lax.cond(c.started, partial, full, None)
+    return ForwardOut(logits, gen_idx, c._replace(kv=kv, importance=imp), share, overflow)
+
+
+def after_step(cfg, opts, state, info: StepInfo) -> D2State:
+    c: D2State = state.cache
+    b, t = state.tokens.shape
+    g = opts.gen_length
+    p = t - g
+    compat = opts.upstream_compat
+    shift = 1 if cfg.shift_logits else 0
+    remaining = state.tokens[:, p:] == cfg.mask_token_id  # after this step's commits
+    masked_before = remaining | info.transfer
+
+    # (a) confidence cache.
+    if compat:
+        conf = jnp.where(c.started, c.conf, info.conf)
+    else:
+        conf = jnp.where(info.valid & masked_before, info.conf, c.conf)
+
+    # (b) window and (c) stage 1.
+    block_mask = info.eligible if compat else info.block_mask
+    window = rules.search_window(remaining, block_mask, opts.current_k)
+    scores = rules.stage1_scores(conf, remaining, block_mask, opts.cache_sigma, batch_max=compat)
+    sel = rules.stage1_select(scores, remaining, window, opts.current_k)
+
+    # (d) committed rows, and the upstream query mask before stage 2 (Dream's sel[0] is not in it yet).
+    resp = jnp.concatenate([sel[:, shift:], jnp.zeros((b, shift), bool)], axis=1) | info.transfer
+    q_pre = rules.gen_to_rows(resp, p, 0, False)
+
+    # (e) stage 2 over the rollout importance, then Dream's last prompt row.
+    allowed = state.key_mask
+    candidates = allowed & ~q_pre
+    if not compat:
+        candidates &= rules.gen_to_rows(~remaining, p, 0, True)  # prompt and decoded rows only
+    nuc = rules.nucleus_select(c.importance, opts.rollout_p, candidates)
+    if shift and compat:
+        nuc = nuc.at[:, p - 1].set(nuc[:, p - 1] & sel[:, 0])  # overwrite drops a stage-2 choice
+    s1_rows = rules.gen_to_rows(sel, p, shift, False)  # Dream: includes row P-1 for sel[0]
+    committed = rules.gen_to_rows(info.transfer, p, 0, False)
+    chosen = s1_rows | committed | nuc
+
+    # (f) inflation, then upstream's batch top-up.
+    want = rules.inflate(chosen, opts.inflate_w) & allowed
+    topped, top_score = want, jnp.zeros((b, t), jnp.float32)
+    if compat:
+        active = ~state.done
+        top_score = jnp.where(want | ~allowed, -jnp.inf, c.importance)
+        top_score = top_score + rules.gen_to_rows(jnp.max(top_score) + scores, p, 0, 0.0)
+        target = jnp.max(jnp.where(active, want.sum(-1), 0))
+        topped = rules.top_up(want, top_score, allowed, jnp.where(active, target, 0))
+
+    tier = jnp.select([s1_rows, committed, nuc, want, topped], [5, 4, 3, 2, 1], 0)
+    within = jnp.select([s1_rows, nuc, topped & ~want],
+                        [rules.gen_to_rows(scores, p, shift, 0.0), c.importance, top_score], 0.0)
+    q_idx, dropped = rules.pack_rows(tier, within, c.q_idx.shape[1])
+    return c._replace(conf=conf, q_idx=q_idx, density=scores, started=jnp.ones((), bool),
+                      overflow=dropped.sum().astype(jnp.int32))
+
+
+METHOD = CacheMethod(init=init, forward=forward, after_step=after_step)
