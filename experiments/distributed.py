@@ -54,11 +54,15 @@ def setup() -> Runtime:
 
 
 def check_memory(cfg: Any, options: dict[str, Any], batch: int, prompt_len: int, mesh: Any) -> Any:
-    """Print the per-device memory estimate (process 0) and stop with a clear error if it cannot fit."""
+    """Print the per-device memory estimate (process 0) and stop with a clear error if it cannot fit.
+
+    `prompt_len`: the longest prompt's tokens (rounded up to the prompt bucket here)."""
     from d2cache_jax import memory, multihost
     from d2cache_jax.generation import make_options
 
-    est = memory.estimate(cfg, make_options(**options), batch, prompt_len, mesh)
+    opts = make_options(**options)
+    bucket = max(opts.prompt_bucket, 1)
+    est = memory.estimate(cfg, opts, batch, -(-prompt_len // bucket) * bucket, mesh)
     multihost.log(est.describe())
     device_bytes = (int(DEVICE_MEMORY_GB.value * memory.GiB) if DEVICE_MEMORY_GB.value
                     else memory.device_memory())

@@ -69,3 +69,15 @@ def test_two_processes_merge_into_one_run(tiny_checkpoint, tmp_path):
     # The same outputs as one process on one device.
     ref = [json.loads(line) for line in (tmp_path / "single" / "samples.jsonl").read_text().splitlines()]
     assert [s["output"] for s in samples] == [s["output"] for s in ref]
+
+
+def test_generate_cli_prints_the_estimate_and_refuses_what_cannot_fit(tiny_checkpoint):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "experiments.generate", f"--checkpoint={tiny_checkpoint}",
+                                     "--prompt=12+34=", "--gen_length=8", *a], cwd=ROOT, env=env,
+                                    capture_output=True, text=True, timeout=600)
+    done = run("--mesh=data:1,model:2", "--device_memory_gb=0.0001")
+    assert done.returncode != 0 and "this run does not fit" in done.stderr and "Traceback" not in done.stderr
+    assert "memory per device on mesh data:1,model:2 (batch 1, length 24)" in done.stdout
+    done = run("--mesh=data:3")
+    assert done.returncode != 0 and "mesh spec 'data:3' has 3 devices (3x1) but 2 are available" in done.stderr
