@@ -63,7 +63,7 @@ def generate(config: ModelConfig, params, prompt_ids, attention_mask=None, progr
     """
     opts = make_options(**options)
     state = prepare(config, prompt_ids, opts, attention_mask, 1 if mesh is None else mesh.shape["data"])
-    rows = len(prompt_ids)
+    n_prompts = len(prompt_ids)
     if mesh is not None:
         params, state = sharding.place(config, opts, params, state, mesh)
     sopts = _static(opts)
@@ -79,7 +79,7 @@ def generate(config: ModelConfig, params, prompt_ids, attention_mask=None, progr
         t0 = time.perf_counter()
         state = _host_loop(compiled, params, state, opts, progress)
     wall_s = time.perf_counter() - t0
-    return _result(config, opts, state, wall_s, compile_s, rows)
+    return _result(config, opts, state, wall_s, compile_s, n_prompts)
 
 
 def _host_loop(compiled, params, state: GenState, opts: GenOptions, progress: bool) -> GenState:
@@ -103,11 +103,11 @@ def _host_loop(compiled, params, state: GenState, opts: GenOptions, progress: bo
 
 
 def _result(cfg: ModelConfig, opts: GenOptions, state: GenState, wall_s: float, compile_s: float,
-            n: int | None = None):
+            n_prompts: int | None = None):
     tokens, commit, steps, rows, overflow = sharding.to_host(
         (state.tokens[:, -opts.gen_length:], state.commit_step, state.step, state.rows_computed,
          state.overflow))
-    tokens, commit = tokens[:n], commit[:n]
+    tokens, commit = tokens[:n_prompts], commit[:n_prompts]  # drop rows padded for the mesh
     tokens = np.asarray(tokens, np.int32).copy()
     lengths = first_stop(cfg, tokens)
     # Positions left masked after an early stop read as eos.
