@@ -205,12 +205,6 @@ def check_batch(batch: int, mesh: Any) -> None:
         raise ValueError(f"batch of {batch} does not divide over the mesh's data axis of {mesh.shape['data']}")
 
 
-def padded_batch(batch: int, mesh: Any) -> int:
-    """The batch rounded up to a multiple of the data axis."""
-    d = mesh.shape["data"]
-    return -(-batch // d) * d
-
-
 def place(cfg: ModelConfig, opts: Any, params: dict, state: Any, mesh: Mesh) -> tuple[dict, Any]:
     """Params and a GenState put on `mesh` with their shardings (a no-op for arrays already there)."""
     check_batch(state.tokens.shape[0], mesh)
@@ -249,14 +243,6 @@ def to_host(tree: Any) -> Any:
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(jax.device_get(x))
     return jax.tree.map(one, tree)
-
-
-def shard_bytes(x: Any) -> int:
-    """Bytes of a jax array on its most loaded device."""
-    per = {}
-    for s in x.addressable_shards:
-        per[s.device] = per.get(s.device, 0) + s.data.nbytes
-    return max(per.values()) if per else 0
 
 
 def bytes_per_device(tree: Any) -> dict[Any, int]:
