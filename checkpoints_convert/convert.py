@@ -19,7 +19,14 @@ from typing import NamedTuple
 import numpy as np
 
 from checkpoints_convert.layout import Entry, key_map, to_ours
-from checkpoints_convert.safetensors_io import DTYPES, CheckpointError, TensorInfo, read_header, read_tensor
+from checkpoints_convert.safetensors_io import (
+    DTYPES,
+    CheckpointError,
+    TensorInfo,
+    read_header,
+    read_rows,
+    read_tensor,
+)
 from d2cache_jax.checkpoint import group_paths, write_converted
 from d2cache_jax.config import ModelConfig, detect_family, from_hf_config
 
@@ -130,10 +137,23 @@ def iter_params(src: Source) -> Iterator[tuple[str, np.ndarray]]:
                 _, path, info = where[key]
                 if path not in files:
                     files[path] = stack.enter_context(open(path, "rb"))
-                e = src.entries[key]
-                arr = to_ours(e.kind, read_tensor(files[path], info, path), e.shape)
-                yield e.path, arr.astype(dt, copy=False)
+                arr = read_ours(files[path], info, src.entries[key], dt, path)
+                yield src.entries[key].path, arr
                 del arr
+
+
+def read_ours(f, info: TensorInfo, e: Entry, dt: np.dtype, path: str = "?",
+              block_bytes: int = 16 << 20) -> np.ndarray:
+    """One tensor in our layout and dtype, as `to_ours` gives it. Linear weights are transposed
+    block by block while reading, so the only full-size buffer is the result."""
+    if e.kind not in ("linear", "heads_in"):
+        return to_ours(e.kind, read_tensor(f, info, path), e.shape).astype(dt, copy=False)
+    n_out, n_in = info.shape
+    out = np.empty((n_in, n_out), dt)
+    step = max(1, block_bytes // (n_in * DTYPES[info.dtype].itemsize))
+    for r in range(0, n_out, step):
+        out[:, r:r + step] = read_rows(f, info, r, min(r + step, n_out), path).T
+    return out.reshape(e.shape)
 
 
 def tokenizer_files(hf_dir: str) -> list[str]:

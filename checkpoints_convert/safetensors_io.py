@@ -79,11 +79,18 @@ def read_header(path: str) -> dict[str, TensorInfo]:
 
 def read_tensor(f, info: TensorInfo, path: str = "?") -> np.ndarray:
     """Read one tensor from an open shard with seek + readinto (no whole-file mmap)."""
-    arr = np.empty(info.shape, DTYPES[info.dtype])
+    return read_rows(f, info, 0, info.shape[0] if info.shape else 1, path).reshape(info.shape)
+
+
+def read_rows(f, info: TensorInfo, r0: int, r1: int, path: str = "?") -> np.ndarray:
+    """Rows [r0, r1) of a tensor along its first axis (a scalar counts as one row)."""
+    row = tuple(info.shape[1:])
+    arr = np.empty((r1 - r0, *row), DTYPES[info.dtype])
     buf = arr.reshape(-1).view(np.uint8)
-    f.seek(info.start)
+    start = info.start + r0 * int(np.prod(row, dtype=np.int64)) * arr.itemsize
+    f.seek(start)
     if f.readinto(buf) != buf.size:
-        raise CheckpointError(f"truncated shard {path}: short read at byte {info.start}")
+        raise CheckpointError(f"truncated shard {path}: short read at byte {start}")
     if not np.little_endian:  # safetensors is little-endian
         arr = arr.byteswap()
     return arr
