@@ -86,6 +86,15 @@ def test_single_file_checkpoint(tmp_path, llada_model):
     assert cfg.param_dtype == "bfloat16" and params["embed"].dtype == jax.numpy.bfloat16
 
 
+def test_float16_checkpoint_loads_as_float32(tmp_path, llada_model):
+    path = str(tmp_path / "hf16")
+    state = H.write_published(llada_model, "llada", path, torch.float16, num_shards=2)
+    cfg, params = load(path)
+    assert cfg.param_dtype == "float32"
+    np.testing.assert_array_equal(np.asarray(params["embed"]),
+                                  state["model.transformer.wte.weight"].float().numpy())
+
+
 def test_dtype_cast_on_convert(hf_dir, tmp_path):
     cfg = convert(hf_dir, str(tmp_path / "conv"), dtype="bfloat16")
     _, params = load(str(tmp_path / "conv"))

@@ -123,6 +123,5 @@ def test_dream_left_padded_batch(ckpts):
     err = np.abs(ours[real] - ref[real]).max() / np.abs(ref[real]).max()
     print(f"dream left-padded rel err {err:.2e}")
     assert err <= FP32_TOL, err
-    for b in range(t.shape[0]):
-        alone = np.asarray(forward(cfg, params, t[b:b + 1, real[b]]))[0]
-        assert rel_err(ours[b, real[b]], alone) <= FP32_TOL
+    alone = np.asarray(forward(cfg, params, t[:1, real[0]]))[0]  # the row with 4 pads, unpadded
+    assert rel_err(ours[0, real[0]], alone) <= FP32_TOL
