@@ -1,0 +1,1 @@
+"""Evaluation tasks (prompt format, item generation, answer checker)."""
