@@ -1,0 +1,263 @@
+"""Train the tiny LLaDA-architecture model on the synthetic addition task (masked-diffusion SFT).
+
+    python -m experiments.train_tiny --workdir=/tmp/tiny_arith --export_dir=d2cache_jax/assets/tiny_arith
+
+Objective (LLaDA SFT): per sequence t ~ U(eps, 1); each answer token (EOS padding included) is
+replaced by the mask token with probability t; loss = sum over masked positions of CE / t, divided by
+the answer length, averaged over the batch. Prompt tokens are never masked. Data and noise are
+functions of (seed, step), so a run killed mid-way resumes from its last orbax checkpoint and ends
+with the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from tqdm import tqdm
+
+from d2cache_jax.config import ModelConfig, tiny_llada
+from d2cache_jax.model import forward_rows, head, positions_from_mask
+from d2cache_jax.params import init_params, num_params
+from d2cache_jax.tasks import synthetic as task
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", "/tmp/tiny_arith", "Run directory (orbax checkpoints, metrics).")
+flags.DEFINE_string("export_dir", "", "If set, write the final model here in the LLaDA HF layout.")
+flags.DEFINE_string("export_dtype", "bfloat16", "dtype of the exported safetensors.")
+flags.DEFINE_integer("seed", 0, "Seed of init, data stream and masking noise.")
+flags.DEFINE_integer("steps", 500, "Optimizer steps.")
+flags.DEFINE_integer("batch_size", 32, "Sequences per step.")
+flags.DEFINE_float("lr", 3e-3, "Peak learning rate.")
+flags.DEFINE_integer("warmup", 50, "Linear warmup steps.")
+flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay (matrices only).")
+flags.DEFINE_float("eps", 1e-3, "Lower bound of the mask ratio t.")
+flags.DEFINE_integer("max_trunc", 4, "Drop up to this many trailing EOS slots per sequence (gen_length robustness).")
+flags.DEFINE_integer("d_model", 128, "Model width.")
+flags.DEFINE_integer("n_layers", 4, "Layers.")
+flags.DEFINE_integer("n_heads", 4, "Attention heads.")
+flags.DEFINE_integer("mlp_hidden", 512, "SwiGLU hidden size.")
+flags.DEFINE_integer("ckpt_every", 100, "Save an orbax checkpoint every this many steps.")
+flags.DEFINE_integer("eval_every", 200, "Greedy-decode eval every this many steps (0: never during training).")
+flags.DEFINE_integer("eval_n", 64, "Held-out items per eval.")
+
+TOTAL_LEN = task.MAX_PROMPT_LEN + task.GEN_LENGTH
+
+
+def model_config(d_model: int = 128, n_layers: int = 4, n_heads: int = 4, mlp_hidden: int = 512) -> ModelConfig:
+    """The tiny LLaDA config for the task's vocabulary (fp32 for training)."""
+    return tiny_llada(vocab_size=task.VOCAB_SIZE, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                      n_kv_heads=n_heads, head_dim=d_model // n_heads, mlp_hidden=mlp_hidden,
+                      max_seq_len=128, mask_token_id=task.MASK_ID, eos_token_id=task.EOS_ID,
+                      pad_token_id=task.PAD_ID, bos_token_id=task.BOS_ID, param_dtype="float32")
+
+
+# --- data -------------------------------------------------------------------------------------
+
+def train_batch(seed: int, step: int, batch_size: int, max_trunc: int = 0) -> dict[str, np.ndarray]:
+    """Batch `step` of stream `seed`: tokens [B,T], prompt_len [B], valid_len [B] (a pure function)."""
+    start = task.item_seeds("train", 1, seed)[0] + step * batch_size
+    rows, plens = zip(*(task.training_sequence(task.item_from_seed(start + j, "train"), TOTAL_LEN)
+                        for j in range(batch_size)))
+    rng = np.random.default_rng([seed, step, 7])
+    trunc = rng.integers(0, max_trunc + 1, size=batch_size) if max_trunc else np.zeros(batch_size, int)
+    return dict(tokens=np.stack(rows), prompt_len=np.array(plens, np.int32),
+                valid_len=(TOTAL_LEN - trunc).astype(np.int32))
+
+
+# --- objective and step ----------------------------------------------------------------------
+
+class Noised(NamedTuple):
+    """A noised batch: model input, which positions were masked, the answer region, keys, ratio t."""
+
+    noisy: jax.Array  # [B, T] tokens with masked answer positions replaced by the mask id
+    masked: jax.Array  # [B, T] bool
+    answer: jax.Array  # [B, T] bool: answer + EOS padding inside the valid length
+    key_mask: jax.Array  # [B, T] bool: valid (attended) positions
+    t: jax.Array  # [B] mask ratio
+
+
+def add_noise(cfg: ModelConfig, batch: dict, key: jax.Array, eps: float = 1e-3) -> Noised:
+    """Forward process: t ~ U(eps, 1) per sequence, each answer token masked with probability t."""
+    tokens = batch["tokens"]
+    b, t_len = tokens.shape
+    pos = jnp.arange(t_len)[None, :]
+    key_mask = pos < batch["valid_len"][:, None]
+    answer = (pos >= batch["prompt_len"][:, None]) & key_mask
+    k_t, k_m = jax.random.split(key)
+    t = jax.random.uniform(k_t, (b,), minval=eps, maxval=1.0)
+    masked = (jax.random.uniform(k_m, (b, t_len)) < t[:, None]) & answer
+    return Noised(jnp.where(masked, cfg.mask_token_id, tokens), masked, answer, key_mask, t)
+
+
+def diffusion_loss(cfg: ModelConfig, params, batch: dict, key: jax.Array, eps: float = 1e-3):
+    """LLaDA SFT loss of one batch (sum of masked CE / t / answer length, batch mean) and masked accuracy."""
+    tokens = batch["tokens"]
+    n = add_noise(cfg, batch, key, eps)
+    hidden = forward_rows(cfg, params, n.noisy, positions_from_mask(n.key_mask), n.key_mask).hidden
+    logits = head(params, cfg, hidden)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
+    per_seq = jnp.sum(jnp.where(n.masked, ce, 0.0), axis=1) / n.t / jnp.maximum(jnp.sum(n.answer, axis=1), 1)
+    acc = jnp.sum((logits.argmax(-1) == tokens) & n.masked) / jnp.maximum(jnp.sum(n.masked), 1)
+    return jnp.mean(per_seq), acc
+
+
+def make_optimizer(lr: float, warmup: int, steps: int, weight_decay: float) -> optax.GradientTransformation:
+    """AdamW with linear warmup and cosine decay to 10% of the peak; no decay on vectors."""
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), lr * 0.1)
+    decay_mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+    return optax.chain(optax.clip_by_global_norm(1.0),
+                       optax.adamw(sched, b1=0.9, b2=0.98, weight_decay=weight_decay, mask=decay_mask))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3,))
+def train_step(cfg: ModelConfig, opt: optax.GradientTransformation, eps: float, state: dict, batch: dict,
+               key: jax.Array):
+    """One optimizer step: state {params, opt_state} -> (new state, metrics)."""
+    (loss, acc), grads = jax.value_and_grad(
+        lambda p: diffusion_loss(cfg, p, batch, key, eps), has_aux=True)(state["params"])
+    updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return dict(params=params, opt_state=opt_state), dict(loss=loss, acc=acc, gnorm=optax.global_norm(grads))
+
+
+# --- greedy decoding for evaluation -----------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _greedy_jit(cfg: ModelConfig, params, canvas: jax.Array, n_steps: int, key_mask: jax.Array):
+    pos = positions_from_mask(key_mask)
+
+    def body(_, canvas):
+        logits = head(params, cfg, forward_rows(cfg, params, canvas, pos, key_mask).hidden)
+        probs = jax.nn.softmax(logits, axis=-1)
+        conf = jnp.where(canvas == cfg.mask_token_id, probs.max(-1), -1.0)
+        i = conf.argmax(-1)  # [B] the most confident masked position
+        rows = jnp.arange(canvas.shape[0])
+        still = conf[rows, i] >= 0
+        return canvas.at[rows, i].set(jnp.where(still, logits[rows, i].argmax(-1), canvas[rows, i]))
+
+    return jax.lax.fori_loop(0, n_steps, body, canvas)
+
+
+def greedy_generate(cfg: ModelConfig, params, prompts: list[list[int]], gen_length: int = task.GEN_LENGTH,
+                    batch_size: int = 64) -> np.ndarray:
+    """Low-confidence remasking, one token per step (gen_length forward passes), no cache.
+
+    Prompts are left-padded (masked out of attention, positions start at each prompt's BOS).
+    Returns the generated ids [N, gen_length].
+    """
+    p_len = max(len(p) for p in prompts)
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        chunk = prompts[s:s + batch_size]
+        n = len(chunk)
+        chunk = chunk + [chunk[-1]] * (batch_size - n) if len(prompts) > batch_size else chunk
+        canvas = np.full((len(chunk), p_len + gen_length), cfg.mask_token_id, np.int32)
+        key_mask = np.ones(canvas.shape, bool)
+        for r, p in enumerate(chunk):
+            canvas[r, p_len - len(p):p_len] = p
+            canvas[r, :p_len - len(p)] = cfg.pad_token_id
+            key_mask[r, :p_len - len(p)] = False
+        res = _greedy_jit(cfg, params, jnp.asarray(canvas), gen_length, jnp.asarray(key_mask))
+        out.append(np.asarray(res)[:n, p_len:])
+    return np.concatenate(out)
+
+
+def evaluate(cfg: ModelConfig, params, n: int, seed: int = 0) -> dict[str, float]:
+    """Greedy accuracy on n held-out items (final answer correct, and whole worked answer exact)."""
+    items = task.make_items("eval", n, seed)
+    gen = greedy_generate(cfg, params, [task.encode_prompt(it) for it in items])
+    texts = [task.decode(g) for g in gen]
+    return dict(acc=float(np.mean([task.check(it, t) for it, t in zip(items, texts)])),
+                exact=float(np.mean([task.check_exact(it, t) for it, t in zip(items, texts)])))
+
+
+# --- checkpoint export ------------------------------------------------------------------------
+
+def export(cfg: ModelConfig, params, out_dir: str, dtype: str) -> None:
+    """Write params in the published LLaDA layout (+ config.json) and the tokenizer files."""
+    from checkpoints_convert.layout import export_hf
+
+    export_hf(cfg, params, out_dir, "llada", num_shards=1, dtype=dtype)
+    task.save_tokenizer(out_dir)
+
+
+# --- training loop ---------------------------------------------------------------------------
+
+def train(workdir: str, steps: int, *, seed: int = 0, batch_size: int = 32, lr: float = 3e-3,
+          warmup: int = 50, weight_decay: float = 0.05, eps: float = 1e-3, max_trunc: int = 4,
+          model: dict | None = None, ckpt_every: int = 100, eval_every: int = 0, eval_n: int = 64,
+          stop_after: int | None = None, progress: bool = True) -> tuple[ModelConfig, dict]:
+    """Train (or resume from `workdir`'s last checkpoint) up to `steps`; returns (config, params).
+
+    `stop_after` ends the loop early at that step, as an interruption would (for tests).
+    """
+    cfg = model_config(**(model or {}))
+    logging.info("model: %s, %.2fM params", cfg, num_params(cfg) / 1e6)
+    opt = make_optimizer(lr, warmup, steps, weight_decay)
+    params = init_params(cfg, jax.random.key(seed), randomize_norms=False)
+    state = dict(params=params, opt_state=opt.init(params))
+
+    os.makedirs(workdir, exist_ok=True)
+    mgr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "ckpt")),
+                                options=ocp.CheckpointManagerOptions(max_to_keep=2))
+    start = mgr.latest_step() or 0
+    if start:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = mgr.restore(start, args=ocp.args.StandardRestore(abstract))
+        logging.info("resumed from step %d", start)
+
+    end = min(steps, stop_after or steps)
+    noise_key = jax.random.key(seed + 1)
+    log_path = os.path.join(workdir, "metrics.jsonl")
+    t0 = time.time()
+    bar = tqdm(range(start, end), initial=start, total=steps, desc="train", disable=not progress)
+    for step in bar:
+        batch = jax.tree.map(jnp.asarray, train_batch(seed, step, batch_size, max_trunc))
+        state, m = train_step(cfg, opt, eps, state, batch, jax.random.fold_in(noise_key, step))
+        done = step + 1
+        if done % 10 == 0 or done == end:
+            m = {k: float(v) for k, v in m.items()}
+            bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['acc']:.3f}")
+            rec = dict(step=done, elapsed_s=round(time.time() - t0, 1), **m)
+            if eval_every and done % eval_every == 0:
+                rec.update({f"eval_{k}": v for k, v in evaluate(cfg, state["params"], eval_n).items()})
+                bar.write(json.dumps(rec))
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if done % ckpt_every == 0 or done == end:
+            mgr.save(done, args=ocp.args.StandardSave(state))
+    mgr.wait_until_finished()
+    mgr.close()
+    bar.close()
+    return cfg, state["params"]
+
+
+def main(argv):
+    del argv
+    model = dict(d_model=FLAGS.d_model, n_layers=FLAGS.n_layers, n_heads=FLAGS.n_heads,
+                 mlp_hidden=FLAGS.mlp_hidden)
+    t0 = time.time()
+    cfg, params = train(FLAGS.workdir, FLAGS.steps, seed=FLAGS.seed, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
+                        warmup=FLAGS.warmup, weight_decay=FLAGS.weight_decay, eps=FLAGS.eps,
+                        max_trunc=FLAGS.max_trunc, model=model, ckpt_every=FLAGS.ckpt_every,
+                        eval_every=FLAGS.eval_every, eval_n=FLAGS.eval_n)
+    res = evaluate(cfg, params, FLAGS.eval_n)
+    print(json.dumps(dict(step=FLAGS.steps, final_eval=res, eval_n=FLAGS.eval_n,
+                          wall_s_this_invocation=round(time.time() - t0, 1))))
+    if FLAGS.export_dir:
+        export(cfg, params, FLAGS.export_dir, FLAGS.export_dtype)
+        logging.info("exported to %s", FLAGS.export_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)
