@@ -13,7 +13,9 @@ def load_tokenizer(path: str):
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer directory not found: {path}")
     from transformers import AutoTokenizer
+    from transformers.utils import logging
 
+    logging.set_verbosity_error()  # our LLaDA/Dream config.json names a model type transformers lacks
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 

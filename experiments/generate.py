@@ -16,7 +16,7 @@ from experiments import distributed, flags_common
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   "d2cache_jax", "assets", "tiny_arith")
-DEFAULT_PROMPT = "4821+3759="
+DEFAULT_PROMPT = "111111011101+101111110110="  # a held-out item of the tiny model's binary-addition task
 
 CHECKPOINT = flags.DEFINE_string("checkpoint", DEFAULT_CHECKPOINT,
                                  "Converted or Hugging Face checkpoint directory.")
