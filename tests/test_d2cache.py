@@ -58,7 +58,7 @@ ALL_ROWS = dict(gen_length=G, current_k=G, rollout_p=1.0, inflate_w=0, capacity=
 
 @functools.cache
 def jit_forward(family):
-    """d2Cache's forward under ALL_ROWS settings, jitted once per family (shared by tests i and ii)."""
+    """d2Cache's forward under ALL_ROWS settings, jitted once per family."""
     cfg, _ = setup(family)
     return jax.jit(functools.partial(d2cache.METHOD.forward, cfg, make_options(cache="d2cache", **ALL_ROWS)))
 
@@ -98,41 +98,56 @@ def test_all_rows_matches_no_cache(family):
 
 # --- (ii) the partial step -------------------------------------------------------------------------
 
+PARTIAL = dict(gen_length=G, current_k=8, inflate_w=0, capacity=10**6)  # Q = T, H = 10, row buckets (17, 32)
+
+
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_partial_step_exact_rows(family):
-    """A fresh cache (K/V of the current canvas) and a chosen row subset: those rows' logits equal the
-    no-cache logits, unused slots predict nothing, and the cache is rewritten with the same K/V."""
+    """A fresh cache (K/V of the current canvas) and a chosen row subset, in each row bucket: the rows
+    given logits match the no-cache logits, rows predicting masked positions get them first, and the
+    cache is rewritten with the same K/V."""
     cfg, params = setup(family)
-    state = prepare(cfg, PROMPTS, make_options(cache="d2cache", **ALL_ROWS))
+    opts = make_options(cache="d2cache", **PARTIAL)
+    assert d2cache.row_buckets(opts, 32) == (17, 32) and d2cache.budgets(opts, 32) == (32, 10)
+    forward = jax.jit(functools.partial(d2cache.METHOD.forward, cfg, opts))
+    state = prepare(cfg, PROMPTS, opts)
     t = state.tokens.shape[1]
     p = t - G
+    shift = 1 if cfg.shift_logits else 0
     rng = np.random.RandomState(0)
     gen = np.full((2, G), cfg.mask_token_id)
     decoded = rng.rand(2, G) < 0.5
     gen[decoded] = rng.randint(0, cfg.vocab_size - 3, decoded.sum())
     tokens = state.tokens.at[:, p:].set(jnp.asarray(gen, jnp.int32))
     full = model.forward_rows(cfg, params, tokens, state.positions, state.key_mask)
-    q_idx = np.full((2, t), t, np.int32)
-    q_idx[0, :9] = np.sort(rng.choice(np.arange(p - 1, t), 9, replace=False))
-    q_idx[1, :7] = np.sort(rng.choice(np.arange(p - 3, t), 7, replace=False))  # row 1: prompt rows too
-    cache = state.cache._replace(kv=full.kv, q_idx=jnp.asarray(q_idx), started=jnp.ones((), bool))
-    state = state.replace(tokens=tokens, cache=cache)
-    fo = jit_forward(family)(params, state)
-    ref = np.asarray(no_cache_logits(cfg, params, state))
-    got, cov = to_gen(fo.logits, fo.gen_idx, G)
-    shift = 1 if cfg.shift_logits else 0
-    want_cov = np.zeros((2, G), bool)
-    for b in range(2):
-        for r in q_idx[b]:
-            if r < t and 0 <= r - p + shift < G:
-                want_cov[b, r - p + shift] = True
-    np.testing.assert_array_equal(cov, want_cov)
-    err = np.abs(np.asarray(got) - ref).max(-1)[want_cov].max() / np.abs(ref).max()
-    assert err <= 1e-5
-    for a, b in zip(fo.cache.kv, full.kv):
-        assert rel_err(a.k, b.k) <= 1e-5 and rel_err(a.v, b.v) <= 1e-5
-    assert float(fo.rows) == pytest.approx(np.mean((q_idx < t).sum(-1) / t))
-    assert int(fo.overflow) == 0
+    ref = np.asarray(no_cache_logits(cfg, params, state.replace(tokens=tokens)))
+    for sizes in [(9, 7), (22, 20)]:  # the small bucket (all rows get logits), then the large one
+        q_idx = np.full((2, t), t, np.int32)
+        q_idx[0, :sizes[0]] = np.sort(rng.choice(np.arange(p - 8, t), sizes[0], replace=False))
+        q_idx[1, :sizes[1]] = np.sort(rng.choice(np.arange(p - 5, t), sizes[1], replace=False))  # prompt rows too
+        cache = state.cache._replace(kv=full.kv, q_idx=jnp.asarray(q_idx), started=jnp.ones((), bool))
+        fo = forward(params, state.replace(tokens=tokens, cache=cache))
+        got, cov = to_gen(fo.logits, fo.gen_idx, G)
+        cov = np.asarray(cov)
+        for b in range(2):
+            pred = [r - p + shift for r in q_idx[b] if r < t and 0 <= r - p + shift < G]
+            need = [j for j in pred if gen[b, j] == cfg.mask_token_id]
+            assert set(np.nonzero(cov[b])[0]) <= set(pred)
+            assert cov[b].sum() == min(len(pred), 10) and set(need[:10]) <= set(np.nonzero(cov[b])[0])
+        err = np.abs(np.asarray(got) - ref).max(-1)[cov].max() / np.abs(ref).max()
+        assert err <= 1e-5
+        for a, b in zip(fo.cache.kv, full.kv):
+            assert rel_err(a.k, b.k) <= 1e-5 and rel_err(a.v, b.v) <= 1e-5
+        assert float(fo.rows) == pytest.approx(np.mean((q_idx < t).sum(-1) / t))
+        assert int(fo.overflow) == sum(max(len([r for r in q_idx[b] if r < t and 0 <= r - p + shift < G
+                                               and gen[b, r - p + shift] == cfg.mask_token_id]) - 10, 0)
+                                       for b in range(2))
+    if family == "llada":  # a loop that knows the phase: R = H rows, the same values
+        later = jax.jit(functools.partial(d2cache.METHOD.forward, cfg, opts, phase="later"))
+        fl = later(params, state.replace(tokens=tokens, cache=cache))
+        assert fl.logits.shape[1] == 10 and fo.logits.shape[1] == G
+        np.testing.assert_array_equal(fl.gen_idx, fo.gen_idx[:, :10])
+        np.testing.assert_allclose(fl.logits, fo.logits[:, :10], rtol=1e-6, atol=1e-6)
 
 
 def test_logit_slots_prefer_masked_rows():
@@ -140,14 +155,13 @@ def test_logit_slots_prefer_masked_rows():
     score), then other gen rows; masked ones beyond H count as overflow."""
     cfg = tiny_llada()
     opts = make_options(cache="d2cache", gen_length=8)
-    t = 12  # P = 4, G = 8
-    tokens = jnp.asarray([[1, 2, 3, 4] + [9, cfg.mask_token_id] * 4])  # gen 1, 3, 5, 7 masked
+    tokens = jnp.asarray([[1, 2, 3, 4] + [9, cfg.mask_token_id] * 4])  # P = 4; gen 1, 3, 5, 7 masked
     density = jnp.asarray([[0, 0.1, 0, 0.9, 0, 0.5, 0, 0.3]], jnp.float32)
-    c = d2cache.init(cfg, opts, 1, t)._replace(q_idx=jnp.asarray([[2, 4, 5, 7, 9, 11, 12]]), density=density)
-    slots, gen_idx, dropped = d2cache._logit_slots(cfg, opts, c, tokens, 3)
+    q_idx = jnp.asarray([[2, 4, 5, 7, 9, 11, 12]])
+    slots, gen_idx, dropped = d2cache._logit_slots(cfg, opts, q_idx, density, tokens, 3)
     np.testing.assert_array_equal(gen_idx, [[3, 5, 7]])  # masked rows 7, 9, 11 by score; row 5 dropped
     assert int(dropped) == 1
-    slots, gen_idx, dropped = d2cache._logit_slots(cfg, opts, c, tokens, 6)
+    slots, gen_idx, dropped = d2cache._logit_slots(cfg, opts, q_idx, density, tokens, 6)
     np.testing.assert_array_equal(gen_idx, [[3, 5, 7, 1, 0, 8]])  # then gen row 4, then the prompt row
     assert int(dropped) == 0
 

@@ -3,8 +3,9 @@
 Step 0 is a full pass: every row's K/V is stored, the attention rollout runs over the full maps and
 all gen positions are decoded. At every later step only the rows `q_idx` chosen at the end of the
 previous step run through all layers (one selection shared by every layer), attending over the
-cached K/V; logits come back for those rows only. `jax.lax.cond` on `started` keeps both cases in
-one compiled step with static shapes.
+cached K/V; logits come back for those rows only. `jax.lax.switch` on `started` and the selection
+size keeps every case in one compiled step with static shapes: the full pass, or the partial step
+at the smallest of a few compiled row counts (`row_buckets`) that holds the selection.
 
 After each step (`after_step`) the next selection is built:
   (a) confidence cache: by default, positions whose logits were computed this step and were masked
@@ -30,10 +31,15 @@ counted in `overflow`. Of the Q rows only H get logits (the output head and the 
 costly): those predicting still-masked positions, best stage-1 score first; a masked position
 recomputed beyond H is not decodable that step and also counts as overflow. The rollout and
 importance are float32 (upstream: bf16) in both modes.
+
+Not reproduced from upstream: rows idle in a block while batch mates still work are recomputed
+anyway (upstream skips inactive rows); stage 1 never fills its top-k with masked positions outside
+the window (upstream's top-k over -inf ties can, only when the window holds fewer than k).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -46,6 +52,7 @@ from d2cache_jax.cache import select_rules as rules
 from d2cache_jax.cache.base import CacheMethod, ForwardOut, StepInfo, empty_kv, gen_rows, rows_to_gen
 
 PARALLEL_DECODERS = ("threshold", "factor", "eb", "dream", "origin")
+N_BUCKETS, BUCKET_GAP = 3, 12  # compiled sizes of the partial step (see `row_buckets`)
 
 
 class D2State(NamedTuple):
@@ -60,6 +67,15 @@ class D2State(NamedTuple):
     overflow: jax.Array  # () int32: rows the last selection could not fit
 
 
+def _commit_budget(opts) -> int:
+    k = min(opts.current_k, opts.gen_length)
+    if opts.decoder in PARALLEL_DECODERS:
+        return max(k // 2, 1)
+    if opts.num_transfer_tokens:
+        return opts.num_transfer_tokens
+    return math.ceil(opts.block / opts.steps_per_block)
+
+
 def budgets(opts, total_len: int) -> tuple[int, int]:
     """Static (Q, H): rows recomputed per step after step 0, and of those, rows given logits.
 
@@ -70,18 +86,24 @@ def budgets(opts, total_len: int) -> tuple[int, int]:
     capped at T. Only rows predicting still-masked positions need logits:
     H = k + c + 2 inflate_w + 1 (all Q under upstream_compat, whose stage 2 also picks masked rows).
     """
-    k = min(opts.current_k, opts.gen_length)
-    if opts.decoder in PARALLEL_DECODERS:
-        commit = max(k // 2, 1)
-    elif opts.num_transfer_tokens:
-        commit = opts.num_transfer_tokens
-    else:
-        commit = math.ceil(opts.block / opts.steps_per_block)
-    nucleus = math.floor(opts.rollout_p * max(total_len - k - commit, 0)) + 1
+    k, c = min(opts.current_k, opts.gen_length), _commit_budget(opts)
+    nucleus = math.floor(opts.rollout_p * max(total_len - k - c, 0)) + 1
     margin = 2 * opts.inflate_w
-    q = min(opts.capacity or k + commit + nucleus + 1 + margin, total_len)
-    h = q if opts.upstream_compat else min(q, k + commit + margin + 1)
+    q = min(opts.capacity or k + c + nucleus + 1 + margin, total_len)
+    h = q if opts.upstream_compat else min(q, k + c + margin + 1)
     return q, h
+
+
+def row_buckets(opts, total_len: int) -> tuple[int, ...]:
+    """Compiled row counts for the partial step, ascending, the last = Q. Each step runs the smallest
+    one holding its selection (`lax.switch`), so the cost follows the rows actually chosen instead of
+    the worst-case Q: from stage 1 + committed + 2 inflate_w + 8 (room for a few stage-2 rows, what
+    trained models with attention sinks choose) up to Q in at most N_BUCKETS even steps, at least
+    BUCKET_GAP rows apart (each bucket is one more trace of the model to compile)."""
+    q, _ = budgets(opts, total_len)
+    lo = min(q, min(opts.current_k, opts.gen_length) + _commit_budget(opts) + 2 * opts.inflate_w + 8)
+    n = min(N_BUCKETS, 1 + (q - lo) // BUCKET_GAP)
+    return tuple(sorted({q - (q - lo) * i // max(n - 1, 1) for i in range(n)}))
 
 
 def init(cfg, opts, batch: int, total_len: int) -> D2State:
@@ -105,16 +127,17 @@ def _pad_rows(logits: jax.Array, gen_idx: jax.Array, r: int, g: int):
     return logits, jnp.pad(gen_idx, ((0, 0), (0, r - n)), constant_values=g)
 
 
-def _logit_slots(cfg, opts, c: D2State, tokens: jax.Array, h: int):
-    """The h slots of q_idx whose rows get logits: rows predicting still-masked positions first (by
-    stage-1 score), then other gen-predicting rows. Returns (slots [B,H], gen_idx [B,H], dropped)."""
+def _logit_slots(cfg, opts, q_idx: jax.Array, density: jax.Array, tokens: jax.Array, h: int):
+    """The h slots of q_idx [B, Q] whose rows get logits: rows predicting still-masked positions first
+    (by stage-1 score `density` [B, G]), then other gen-predicting rows.
+    Returns (slots [B, H], gen_idx [B, H], masked rows left without logits)."""
     b, t = tokens.shape
     g = opts.gen_length
     p = t - g
-    pred = rows_to_gen(cfg, c.q_idx, p, g).astype(jnp.int32)  # [B, Q]
+    pred = rows_to_gen(cfg, q_idx, p, g).astype(jnp.int32)  # [B, Q]
     masked = jnp.pad(tokens[:, p:] == cfg.mask_token_id, ((0, 0), (0, 1)))  # index G: no position
     need = jnp.take_along_axis(masked, pred, axis=1)
-    score = jnp.take_along_axis(jnp.pad(c.density, ((0, 0), (0, 1))), pred, axis=1)
+    score = jnp.take_along_axis(jnp.pad(density, ((0, 0), (0, 1))), pred, axis=1)
     slot = jnp.broadcast_to(jnp.arange(pred.shape[1]), pred.shape)
     rank = need.astype(jnp.int32) * 2 + (pred < g)
     slots = jnp.lexsort((slot, -jnp.where(need, score, 0.0), -rank), axis=-1)[:, :h]
@@ -123,13 +146,18 @@ def _logit_slots(cfg, opts, c: D2State, tokens: jax.Array, h: int):
     return slots, gen_idx, dropped.astype(jnp.int32)
 
 
-def forward(cfg, opts, params, state) -> ForwardOut:
+def forward(cfg, opts, params, state, phase: str | None = None) -> ForwardOut:
+    """Step 0 (full pass) or a partial step, chosen on device; R = max(G, H) logit rows either way.
+
+    A loop that knows the phase statically may pass `phase="first"` (full pass, R = G) or
+    `phase="later"` (partial step, R = H): later steps then skip the proposal over G - H padded rows.
+    """
     c: D2State = state.cache
     b, t = state.tokens.shape
     g = opts.gen_length
     p = t - g
-    q, h = c.q_idx.shape[1], budgets(opts, t)[1]
-    r = max(g, h)
+    h_max = budgets(opts, t)[1]
+    r = {"first": g, "later": h_max}.get(phase, max(g, h_max))
     dt = c.kv[0].k.dtype
 
     def full(_):
@@ -139,23 +167,40 @@ def forward(cfg, opts, params, state) -> ForwardOut:
         all_rows = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         imp = rollout.rollout_importance(out.attn, all_rows, t)
         kv = [model.LayerKV(x.k.astype(dt), x.v.astype(dt)) for x in out.kv]
-        return (*_pad_rows(logits, gen_idx, r, g), kv, imp, jnp.float32(1.0), jnp.int32(0))
+        return (*_pad_rows(logits, gen_idx, r, g), kv, imp, jnp.int32(0))
 
-    def partial(_):
+    def partial(q, _):
+        q_idx = c.q_idx[:, :q]  # ascending, unused slots (T) last: the first q hold the selection
         out = model.forward_rows(cfg, params, state.tokens, state.positions, state.key_mask,
-                                 q_idx=c.q_idx, kv=c.kv, need_weights=True)
+                                 q_idx=q_idx, kv=c.kv, need_weights=True)
+        h = min(q, h_max)
         if h < q:
-            slots, gen_idx, dropped = _logit_slots(cfg, opts, c, state.tokens, h)
+            slots, gen_idx, dropped = _logit_slots(cfg, opts, q_idx, c.density, state.tokens, h)
             hidden = jnp.take_along_axis(out.hidden, slots[..., None], axis=1)
         else:
-            hidden, gen_idx, dropped = out.hidden, rows_to_gen(cfg, c.q_idx, p, g).astype(jnp.int32), 0
+            hidden, gen_idx, dropped = out.hidden, rows_to_gen(cfg, q_idx, p, g).astype(jnp.int32), 0
         logits = model.head(params, cfg, hidden)
-        imp = rollout.rollout_importance(out.attn, c.q_idx, t)
-        share = jnp.mean((c.q_idx < t).sum(-1) / t).astype(jnp.float32)
-        return (*_pad_rows(logits, gen_idx, r, g), out.kv, imp, share, c.overflow + dropped)
+        imp = rollout.rollout_importance(out.attn, q_idx, t)
+        return (*_pad_rows(logits, gen_idx, r, g), out.kv, imp, c.overflow + dropped)
 
-    logits, gen_idx, kv, imp, share, overflow = jax.lax.cond(c.started, partial, full, None)
+    sizes = row_buckets(opts, t)
+    count = (c.q_idx < t).sum(-1)
+    bucket = jnp.searchsorted(jnp.asarray(sizes), count.max())
+    branches = [functools.partial(partial, q) for q in sizes]
+    if phase == "first":
+        branch, branches = jnp.int32(0), [full]
+    elif phase == "later":
+        branch = bucket
+    else:
+        branch, branches = jnp.where(c.started, 1 + bucket, 0), [full] + branches
+    logits, gen_idx, kv, imp, overflow = jax.lax.switch(branch, branches, None)
+    share = jnp.where(c.started, jnp.mean(count / t), 1.0).astype(jnp.float32)
     return ForwardOut(logits, gen_idx, c._replace(kv=kv, importance=imp), share, overflow)
+
+
+def is_first(state) -> jax.Array:
+    """() bool: the next step is d2Cache's full pass (for loops that split the phases statically)."""
+    return ~state.cache.started
 
 
 def after_step(cfg, opts, state, info: StepInfo) -> D2State:
