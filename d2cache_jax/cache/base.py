@@ -35,11 +35,16 @@ class StepInfo(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class CacheMethod:
     """init(cfg, opts, batch, total_len) -> cache; forward(cfg, opts, params, state) -> ForwardOut;
-    after_step(cfg, opts, state_after, info) -> cache."""
+    after_step(cfg, opts, state_after, info) -> cache.
+
+    A method whose full-pass step and partial steps produce different row counts may give
+    `is_first(state) -> () bool` and accept `forward(..., phase="first"|"later")`: the step then
+    branches with `lax.cond`, so the partial steps do not pay for the full pass's logit rows."""
 
     init: Callable[..., Any]
     forward: Callable[..., ForwardOut]
     after_step: Callable[..., Any] = lambda cfg, opts, state, info: state.cache
+    is_first: Callable[..., Any] | None = None
 
 
 def gen_rows(cfg: ModelConfig, prompt_len: int, gen_length: int) -> jax.Array:

@@ -259,4 +259,4 @@ def after_step(cfg, opts, state, info: StepInfo) -> D2State:
                       overflow=dropped.sum().astype(jnp.int32))
 
 
-METHOD = CacheMethod(init=init, forward=forward, after_step=after_step)
+METHOD = CacheMethod(init=init, forward=forward, after_step=after_step, is_first=is_first)

@@ -41,13 +41,17 @@ def top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:
 
 def propose(logits: jax.Array, rng: jax.Array, *, mask_id: int, temperature: float = 0.0,
             top_p: float | None = None, top_k: int | None = None, alg: str = "maskgit_plus",
-            bf16_confidence: bool = False, gumbel: bool = False) -> Proposal:
+            bf16_confidence: bool = False, gumbel: bool = False, need_entropy: bool = True) -> Proposal:
     """Propose a token per row of fp32 logits [..., V]; the mask id is never proposed.
 
     Order as upstream: temperature, top-p, top-k, softmax, sample or arg-max, then `alg` decides
     the confidence. `gumbel=True` samples as LLaDA's reference does (Gumbel-max; float64 when
-    jax_enable_x64 is on, float32 otherwise) instead of categorical sampling.
+    jax_enable_x64 is on, float32 otherwise) instead of categorical sampling. Full probability
+    rows are only formed when a rule needs them (bf16 rounding, entropy): the step runs this over
+    every computed row, so the common greedy path reads the logits twice, not six times.
     """
+    if alg not in CONFIDENCE_KINDS:
+        raise ValueError(f"unknown confidence alg {alg!r}; known: {', '.join(CONFIDENCE_KINDS)}")
     logits = logits.astype(F32).at[..., mask_id].set(NEG)
     if temperature > 0:
         logits = logits / temperature
@@ -55,8 +59,9 @@ def propose(logits: jax.Array, rng: jax.Array, *, mask_id: int, temperature: flo
         logits = top_p_filter(logits, top_p)
     if top_k is not None and top_k > 0:
         logits = top_k_filter(logits, top_k)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    probs = jnp.exp(logp)
+    lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    full = bf16_confidence or alg == "entropy" or need_entropy
+    probs = jnp.exp(logits - lse) if full else None
     if bf16_confidence:
         probs = probs.astype(jnp.bfloat16).astype(F32)
     k_tok, k_conf = jax.random.split(rng)
@@ -67,19 +72,24 @@ def propose(logits: jax.Array, rng: jax.Array, *, mask_id: int, temperature: flo
     elif temperature > 0:
         token = jax.random.categorical(k_tok, logits, axis=-1)
     else:
-        token = jnp.argmax(probs, axis=-1)
+        token = jnp.argmax(probs if bf16_confidence else logits, axis=-1)
     token = token.astype(jnp.int32)
-    p_tok = jnp.take_along_axis(probs, token[..., None], axis=-1)[..., 0]
-    entropy = -jnp.sum(jnp.where(probs > 0, probs * logp, 0.0), axis=-1)
+    if bf16_confidence:
+        p_tok = jnp.take_along_axis(probs, token[..., None], axis=-1)[..., 0]
+    else:
+        p_tok = jnp.exp(jnp.take_along_axis(logits, token[..., None], axis=-1) - lse)[..., 0]
+    entropy = jnp.zeros_like(p_tok)
+    if need_entropy:
+        entropy = -jnp.sum(jnp.where(probs > 0, probs * (logits - lse), 0.0), axis=-1)
     if alg == "maskgit_plus":
         conf = p_tok
     elif alg == "topk_margin":
-        top2 = jax.lax.top_k(probs, 2)[0]
+        top2 = jnp.exp(jax.lax.top_k(logits, 2)[0] - lse)
+        if bf16_confidence:
+            top2 = top2.astype(jnp.bfloat16).astype(F32)
         conf = top2[..., 0] - top2[..., 1]
     elif alg == "entropy":
         conf = jnp.sum(probs * jnp.log(probs + 1e-10), axis=-1)
-    elif alg == "random":
-        conf = jax.random.uniform(k_conf, p_tok.shape, F32)
     else:
-        raise ValueError(f"unknown confidence alg {alg!r}; known: {', '.join(CONFIDENCE_KINDS)}")
+        conf = jax.random.uniform(k_conf, p_tok.shape, F32)
     return Proposal(token, conf.astype(F32), entropy.astype(F32))

@@ -11,7 +11,8 @@ def ranks(score: jax.Array, valid: jax.Array) -> jax.Array:
 
     Invalid entries rank after every valid one.
     """
-    order = jnp.lexsort((-score, ~valid), axis=-1)
+    iota = jnp.broadcast_to(jnp.arange(score.shape[-1]), score.shape)  # lax.sort is not stable: break ties
+    order = jnp.lexsort((iota, -score, ~valid), axis=-1)
     idx = tuple(jnp.indices(order.shape)[:-1]) + (order,)
     return jnp.zeros_like(order).at[idx].set(jnp.broadcast_to(jnp.arange(order.shape[-1]), order.shape))
 

@@ -3,6 +3,8 @@ propose a token per computed gen position, let the decoder commit some, advance 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -33,14 +35,25 @@ def propose_kw(cfg: ModelConfig, opts) -> dict:
     return dict(mask_id=cfg.mask_token_id, temperature=opts.temperature, top_p=opts.top_p,
                 top_k=opts.top_k, alg=opts.confidence_kind,
                 bf16_confidence=opts.bf16_confidence or opts.upstream_compat,
-                gumbel=opts.sampling == "gumbel")
+                gumbel=opts.sampling == "gumbel", need_entropy=opts.decoder == "eb")
 
 
 def step(cfg: ModelConfig, opts, params, state: GenState) -> GenState:
+    """One denoising step. Methods with a distinct full-pass phase get one `lax.cond` branch per phase."""
+    method = METHODS[opts.cache]
+    if method.is_first is None:
+        return _step(cfg, opts, params, state, method.forward)
+    first = functools.partial(method.forward, phase="first")
+    later = functools.partial(method.forward, phase="later")
+    return jax.lax.cond(method.is_first(state), lambda s: _step(cfg, opts, params, s, first),
+                        lambda s: _step(cfg, opts, params, s, later), state)
+
+
+def _step(cfg: ModelConfig, opts, params, state: GenState, forward) -> GenState:
     method = METHODS[opts.cache]
     g, bl = opts.gen_length, opts.block
     p = state.tokens.shape[1] - g
-    fwd = method.forward(cfg, opts, params, state)
+    fwd = forward(cfg, opts, params, state)
     rng, k_prop, k_dec = jax.random.split(state.rng, 3)
 
     prop = propose(fwd.logits, k_prop, **propose_kw(cfg, opts))
