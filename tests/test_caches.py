@@ -67,7 +67,8 @@ def recording(name: str) -> CacheMethod:
         return out._replace(cache=(out.cache, rec))
 
     def after_step(cfg, opts, state, info):
-        return inner.after_step(cfg, as_inner(opts), state.replace(cache=state.cache[0]), info), state.cache[1]
+        inner_cache = inner.after_step(cfg, as_inner(opts), state.replace(cache=state.cache[0]), info)
+        return inner_cache, state.cache[1]
 
     return CacheMethod(init, forward, after_step)
 
@@ -275,7 +276,8 @@ def dllm_dense(cfg, params, tokens, positions, key_mask, cache, kind, k):
             if kind == dllm.PROMPT_ADAPTIVE:
                 fresh[:, :p] = True
             vfresh = fresh | resp
-        f4, v4, f3 = jnp.asarray(fresh)[..., None, None], jnp.asarray(vfresh)[..., None, None], fresh[..., None]
+        f4, v4 = jnp.asarray(fresh)[..., None, None], jnp.asarray(vfresh)[..., None, None]
+        f3 = fresh[..., None]
         kk, v = jnp.where(f4, kk, c.k), jnp.where(v4, v, c.v)
         o, _ = model.attention(cfg, q, kk, v, key_mask)
         a = jnp.where(f3, jnp.einsum("bqnh,nhd->bqd", o, lp["wo"]), c.attn)

@@ -18,13 +18,18 @@ compiled. Logits come out for every gen position at every step.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from d2cache_jax import model
 from d2cache_jax.cache.base import CacheMethod, ForwardOut
+from d2cache_jax.config import ModelConfig
+
+if TYPE_CHECKING:
+    from d2cache_jax.generation.options import GenOptions
+    from d2cache_jax.generation.state import GenState
 
 FULL, RESPONSE, PROMPT_ADAPTIVE, ADAPTIVE = range(4)
 
@@ -38,7 +43,7 @@ class DllmLayer(NamedTuple):
     ffn: jax.Array
 
 
-def init(cfg, opts, batch, total_len):
+def init(cfg: ModelConfig, opts: GenOptions, batch: int, total_len: int) -> list[DllmLayer]:
     dt = model.dtype_of(cfg)
     kv_shape = (batch, total_len, cfg.n_kv_heads, cfg.head_dim)
     out_shape = (batch, total_len, cfg.d_model)
@@ -46,12 +51,12 @@ def init(cfg, opts, batch, total_len):
                       jnp.zeros(out_shape, dt)) for _ in range(cfg.n_layers)]
 
 
-def num_adaptive(opts) -> int:
+def num_adaptive(opts: GenOptions) -> int:
     """Response rows recomputed per layer by V-verify."""
     return int(opts.gen_length * opts.rou)
 
 
-def step_kinds(opts) -> list[int]:
+def step_kinds(opts: GenOptions) -> list[int]:
     """The step kinds that (n % kp == 0, n % kr == 0) can produce for some n >= 0."""
     kinds = [FULL]
     if opts.kr % opts.kp:
@@ -78,7 +83,8 @@ def lowest_k(sim: jax.Array, k: int) -> jax.Array:
     return jnp.sort(idx, axis=-1).astype(jnp.int32)
 
 
-def layer(cfg, lp, x, lc: DllmLayer, pos, key_mask, idx=None, v_cache=None):
+def layer(cfg: ModelConfig, lp: dict, x: jax.Array, lc: DllmLayer, pos: jax.Array, key_mask: jax.Array,
+          idx: jax.Array | None = None, v_cache: jax.Array | None = None) -> tuple[jax.Array, DllmLayer]:
     """One layer recomputing the rows idx [B,Q] (None = all rows); the others reuse cached outputs.
 
     `v_cache` replaces the cached V before the rows' fresh V are written (V-verify's overwrite).
@@ -104,7 +110,8 @@ def layer(cfg, lp, x, lc: DllmLayer, pos, key_mask, idx=None, v_cache=None):
     return x + ffn, DllmLayer(kk, vv, attn, ffn)
 
 
-def v_verify(cfg, lp, x, lc: DllmLayer, p: int, k: int):
+def v_verify(cfg: ModelConfig, lp: dict, x: jax.Array, lc: DllmLayer, p: int,
+             k: int) -> tuple[jax.Array, jax.Array]:
     """Fresh V of every response row; returns (the k least similar response rows [B,k], new V cache)."""
     h = model.rms_norm(x[:, p:], lp["attn_norm"], cfg.rms_norm_eps)
     v_new = jnp.einsum("bsd,dnh->bsnh", h, lp["wv"])
@@ -114,7 +121,8 @@ def v_verify(cfg, lp, x, lc: DllmLayer, p: int, k: int):
     return p + sel, lc.v.at[:, p:].set(v_new.astype(lc.v.dtype))
 
 
-def run_layers(cfg, opts, params, state, x, cache, kind: int):
+def run_layers(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState, x: jax.Array,
+               cache: list[DllmLayer], kind: int) -> tuple[jax.Array, list[DllmLayer]]:
     """Layers 1..L-1 in one step kind; returns (hidden [B,T,d], caches of those layers)."""
     b, t = state.tokens.shape
     g = opts.gen_length
@@ -139,14 +147,14 @@ def run_layers(cfg, opts, params, state, x, cache, kind: int):
     return x, out
 
 
-def kind_rows(opts, kind: int, p: int, t: int) -> float:
+def kind_rows(opts: GenOptions, kind: int, p: int, t: int) -> float:
     """Share of the T rows recomputed by a layer of this step kind."""
     g = opts.gen_length
     n = {FULL: t, RESPONSE: g, PROMPT_ADAPTIVE: p + num_adaptive(opts), ADAPTIVE: num_adaptive(opts)}[kind]
     return n / t
 
 
-def forward(cfg, opts, params, state) -> ForwardOut:
+def forward(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState) -> ForwardOut:
     b, t = state.tokens.shape
     g = opts.gen_length
     p = t - g

@@ -21,14 +21,21 @@ twice the rows it needs. Logits come out for the block's positions only, the onl
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 
 from d2cache_jax import model
 from d2cache_jax.cache.base import CacheMethod, ForwardOut, empty_kv
+from d2cache_jax.config import ModelConfig
+
+if TYPE_CHECKING:
+    from d2cache_jax.generation.options import GenOptions
+    from d2cache_jax.generation.state import GenState
 
 
-def capacities(cfg, opts) -> list[int]:
+def capacities(cfg: ModelConfig, opts: GenOptions) -> list[int]:
     """Static row counts of the partial passes, ascending."""
     shift = 1 if cfg.shift_logits else 0
     bl, nb = opts.block, opts.num_blocks
@@ -41,7 +48,7 @@ def capacities(cfg, opts) -> list[int]:
     return [n * bl + shift for n in sizes + [nb]]
 
 
-def query_count(cfg, opts, block: jax.Array) -> jax.Array:
+def query_count(cfg: ModelConfig, opts: GenOptions, block: jax.Array) -> jax.Array:
     """Rows a partial pass recomputes in `block` (before padding to a capacity)."""
     shift = 1 if cfg.shift_logits else 0
     if opts.cache == "dual":
@@ -49,11 +56,11 @@ def query_count(cfg, opts, block: jax.Array) -> jax.Array:
     return (opts.num_blocks - block) * opts.block + shift
 
 
-def init(cfg, opts, batch, total_len):
+def init(cfg: ModelConfig, opts: GenOptions, batch: int, total_len: int) -> list:
     return empty_kv(cfg, batch, total_len, model.dtype_of(cfg))
 
 
-def forward(cfg, opts, params, state) -> ForwardOut:
+def forward(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState) -> ForwardOut:
     b, t = state.tokens.shape
     g, bl = opts.gen_length, opts.block
     p = t - g
