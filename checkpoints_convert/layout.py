@@ -16,15 +16,13 @@ back in a family's published layout, with a config.json in that family's own fie
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from checkpoints_convert.safetensors_io import DTYPES, CheckpointError, write_safetensors
+from d2cache_jax import files
 from d2cache_jax.checkpoint import get_path, set_path  # noqa: F401  (re-exported)
 from d2cache_jax.config import ModelConfig, from_hf_config
 from d2cache_jax.params import param_shapes
@@ -215,30 +213,17 @@ def export_hf(cfg: ModelConfig, params: dict, out_dir: str, family_layout: str |
                                   f"got {None if got is None else tuple(got.shape)}")
     sizes = [int(np.prod(entries[k].shape)) * dt.itemsize for k in keys]
     shard_of = split_shards(sizes, num_shards)
-    files = shard_names(num_shards)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.partial-")
-    try:
-        for s, fname in enumerate(files):
+    shard_files = shard_names(num_shards)
+    with files.atomic_dir(out_dir) as tmp:
+        for s, fname in enumerate(shard_files):
             specs = {k: (dt, entries[k].hf_shape) for k, sh in zip(keys, shard_of) if sh == s}
             get = lambda k: to_hf(entries[k].kind, np.asarray(get_path(params, entries[k].path)))
             write_safetensors(os.path.join(tmp, fname), specs, get, {"format": "pt"})
         if num_shards > 1:
             index = {"metadata": {"total_size": sum(sizes)},
-                     "weight_map": {k: files[sh] for k, sh in zip(keys, shard_of)}}
-            _write_json(os.path.join(tmp, "model.safetensors.index.json"), index)
-        _write_json(os.path.join(tmp, "config.json"), config)
-        if os.path.exists(out_dir):
-            raise FileExistsError(f"output directory already exists: {out_dir}")
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                     "weight_map": {k: shard_files[sh] for k, sh in zip(keys, shard_of)}}
+            files.write_json(os.path.join(tmp, "model.safetensors.index.json"), index)
+        files.write_json(os.path.join(tmp, "config.json"), config)
     return out_dir
 
 
-def _write_json(path: str, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")

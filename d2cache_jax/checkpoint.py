@@ -18,13 +18,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
+from d2cache_jax import files
 from d2cache_jax.config import ModelConfig
 from d2cache_jax.params import param_shapes
 
@@ -89,14 +89,6 @@ def _dtype_name(dtype: Any) -> str:
     return name
 
 
-def _fresh_tmp(out: str) -> str:
-    """A temporary sibling of `out` (renamed onto it once complete); `out` must not exist."""
-    if os.path.exists(out):
-        raise FileExistsError(f"output directory already exists: {out}")
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out))}.partial-")
-
 
 class _DropOcdbtMergeNotice(logging.Filter):
     """Orbax warns on every non-OCDBT save that it skips the OCDBT merge; that is expected here."""
@@ -127,44 +119,38 @@ def write_converted(cfg: ModelConfig, items: Iterable[tuple[str, np.ndarray]], o
 
     groups = group_paths(cfg)
     shapes, dtype = param_shapes(cfg), np.dtype(cfg.param_dtype)
-    tmp = _fresh_tmp(out)
     notice = _DropOcdbtMergeNotice()
     logging.getLogger("absl").addFilter(notice)
     try:
-        ckptr = _group_writer()
-        pending: dict[str, dict[str, np.ndarray]] = {}
-        done = set()
-        for path, arr in items:
-            g = group_of(path)
-            if g not in groups or path not in groups[g] or g in done or path in pending.get(g, {}):
-                raise ValueError(f"unexpected or repeated params path {path!r}")
-            if arr.shape != tuple(get_path(shapes, path)) or arr.dtype != dtype:
-                raise ValueError(f"params {path}: got {arr.dtype}{list(arr.shape)}, expected "
-                                 f"{dtype}{list(get_path(shapes, path))}")
-            pending.setdefault(g, {})[path] = arr
-            if len(pending[g]) == len(groups[g]):
-                tree = {_leaf_name(p): a for p, a in pending.pop(g).items()}
-                save_args = {k: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES) for k in tree}
-                ckptr.save(os.path.join(tmp, "params", g), args=ocp.args.PyTreeSave(tree, save_args=save_args))
-                del tree
-                release_memory()
-                done.add(g)
-        missing = [p for g, ps in groups.items() if g not in done for p in ps
-                   if p not in pending.get(g, {})]
-        if missing:
-            raise ValueError(f"params stream ended without: {', '.join(missing)}")
-        manifest = {"format": FORMAT, "family": cfg.family, "param_dtype": cfg.param_dtype,
-                    "groups": groups, "source": source or {}}
-        _write_json(os.path.join(tmp, MANIFEST), manifest)
-        _write_json(os.path.join(tmp, MODEL_CONFIG), cfg.to_dict())
-        for f in extra_files:
-            shutil.copyfile(f, os.path.join(tmp, os.path.basename(f)))
-        if os.path.exists(out):
-            raise FileExistsError(f"output directory already exists: {out}")
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with files.atomic_dir(out) as tmp:
+            ckptr = _group_writer()
+            pending: dict[str, dict[str, np.ndarray]] = {}
+            done = set()
+            for path, arr in items:
+                g = group_of(path)
+                if g not in groups or path not in groups[g] or g in done or path in pending.get(g, {}):
+                    raise ValueError(f"unexpected or repeated params path {path!r}")
+                if arr.shape != tuple(get_path(shapes, path)) or arr.dtype != dtype:
+                    raise ValueError(f"params {path}: got {arr.dtype}{list(arr.shape)}, expected "
+                                     f"{dtype}{list(get_path(shapes, path))}")
+                pending.setdefault(g, {})[path] = arr
+                if len(pending[g]) == len(groups[g]):
+                    tree = {_leaf_name(p): a for p, a in pending.pop(g).items()}
+                    save_args = {k: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES) for k in tree}
+                    ckptr.save(os.path.join(tmp, "params", g), args=ocp.args.PyTreeSave(tree, save_args=save_args))
+                    del tree
+                    release_memory()
+                    done.add(g)
+            missing = [p for g, ps in groups.items() if g not in done for p in ps
+                       if p not in pending.get(g, {})]
+            if missing:
+                raise ValueError(f"params stream ended without: {', '.join(missing)}")
+            manifest = {"format": FORMAT, "family": cfg.family, "param_dtype": cfg.param_dtype,
+                        "groups": groups, "source": source or {}}
+            files.write_json(os.path.join(tmp, MANIFEST), manifest)
+            files.write_json(os.path.join(tmp, MODEL_CONFIG), cfg.to_dict())
+            for f in extra_files:
+                shutil.copyfile(f, os.path.join(tmp, os.path.basename(f)))
     finally:
         logging.getLogger("absl").removeFilter(notice)
     return out
@@ -256,7 +242,3 @@ def _load_hf(path: str, dtype: Any, shardings: Any) -> tuple[ModelConfig, dict]:
     return src.cfg, params
 
 
-def _write_json(path: str, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
