@@ -98,7 +98,8 @@ def test_all_rows_matches_no_cache(family):
 
 # --- (ii) the partial step -------------------------------------------------------------------------
 
-PARTIAL = dict(gen_length=G, current_k=8, inflate_w=0, capacity=10**6)  # Q = T, H = 10, row buckets (17, 32)
+PARTIAL = dict(gen_length=G, current_k=8, inflate_w=0, capacity=10**6)  # Q = T, row buckets (17, 32)
+H = G  # rows given logits: every recomputed row that predicts a gen position
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
@@ -108,7 +109,7 @@ def test_partial_step_exact_rows(family):
     cache is rewritten with the same K/V."""
     cfg, params = setup(family)
     opts = make_options(cache="d2cache", **PARTIAL)
-    assert d2cache.row_buckets(opts, 32) == (17, 32) and d2cache.budgets(opts, 32) == (32, 10)
+    assert d2cache.row_buckets(opts, 32) == (17, 32) and d2cache.budgets(opts, 32) == (32, H)
     forward = jax.jit(functools.partial(d2cache.METHOD.forward, cfg, opts))
     state = prepare(cfg, PROMPTS, opts)
     t = state.tokens.shape[1]
@@ -133,21 +134,21 @@ def test_partial_step_exact_rows(family):
             pred = [r - p + shift for r in q_idx[b] if r < t and 0 <= r - p + shift < G]
             need = [j for j in pred if gen[b, j] == cfg.mask_token_id]
             assert set(np.nonzero(cov[b])[0]) <= set(pred)
-            assert cov[b].sum() == min(len(pred), 10) and set(need[:10]) <= set(np.nonzero(cov[b])[0])
+            assert cov[b].sum() == min(len(pred), H) and set(need[:H]) <= set(np.nonzero(cov[b])[0])
         err = np.abs(np.asarray(got) - ref).max(-1)[cov].max() / np.abs(ref).max()
         assert err <= 1e-5
         for a, b in zip(fo.cache.kv, full.kv):
             assert rel_err(a.k, b.k) <= 1e-5 and rel_err(a.v, b.v) <= 1e-5
         assert float(fo.rows) == pytest.approx(np.mean((q_idx < t).sum(-1) / t))
         assert int(fo.overflow) == sum(max(len([r for r in q_idx[b] if r < t and 0 <= r - p + shift < G
-                                               and gen[b, r - p + shift] == cfg.mask_token_id]) - 10, 0)
+                                               and gen[b, r - p + shift] == cfg.mask_token_id]) - H, 0)
                                        for b in range(2))
     if family == "llada":  # a loop that knows the phase: R = H rows, the same values
         later = jax.jit(functools.partial(d2cache.METHOD.forward, cfg, opts, phase="later"))
         fl = later(params, state.replace(tokens=tokens, cache=cache))
-        assert fl.logits.shape[1] == 10 and fo.logits.shape[1] == G
-        np.testing.assert_array_equal(fl.gen_idx, fo.gen_idx[:, :10])
-        np.testing.assert_allclose(fl.logits, fo.logits[:, :10], rtol=1e-6, atol=1e-6)
+        assert fl.logits.shape[1] == H and fo.logits.shape[1] == G
+        np.testing.assert_array_equal(fl.gen_idx, fo.gen_idx[:, :H])
+        np.testing.assert_allclose(fl.logits, fo.logits[:, :H], rtol=1e-6, atol=1e-6)
 
 
 def test_logit_slots_prefer_masked_rows():

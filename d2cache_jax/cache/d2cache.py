@@ -79,19 +79,18 @@ def _commit_budget(opts) -> int:
 def budgets(opts, total_len: int) -> tuple[int, int]:
     """Static (Q, H): rows recomputed per step after step 0, and of those, rows given logits.
 
-    Q is `opts.capacity`, or the most rows stages 1-2 can ask for plus margins: k' <= k stage-1
-    rows, c committed rows and n' <= max(1, floor(p n)) stage-2 rows out of n <= T - k' - c
-    candidates (a sorted prefix holding mass <= p holds at most p of the entries), so
-    k' + c + n' <= k + c + floor(p (T - k - c)) + 1; then +1 (Dream's row P-1) + 2 inflate_w,
-    capped at T. Only rows predicting still-masked positions need logits:
-    H = k + c + 2 inflate_w + 1 (all Q under upstream_compat, whose stage 2 also picks masked rows).
+    Q is `opts.capacity`, or the most rows the rules can ask for, so the defaults never overflow:
+    stages 1-2 choose n <= k + c + floor(p (T - k - c)) + 2 rows (k stage-1 rows, c committed, a
+    nucleus of mass <= p over the other rows holds at most p of them plus the top one, Dream's row
+    P-1); inflation then fills gaps of at most inflate_w - 1 rows between consecutive chosen rows,
+    at most n - 1 gaps. H = min(Q, G): every recomputed row that predicts a gen position gets
+    logits, so no recomputed masked position is left undecodable.
     """
     k, c = min(opts.current_k, opts.gen_length), _commit_budget(opts)
-    nucleus = math.floor(opts.rollout_p * max(total_len - k - c, 0)) + 1
-    margin = 2 * opts.inflate_w
-    q = min(opts.capacity or k + c + nucleus + 1 + margin, total_len)
-    h = q if opts.upstream_compat else min(q, k + c + margin + 1)
-    return q, h
+    n = k + c + math.floor(opts.rollout_p * max(total_len - k - c, 0)) + 2
+    inflated = n + (n - 1) * max(opts.inflate_w - 1, 0)
+    q = min(opts.capacity or inflated, total_len)
+    return q, min(q, opts.gen_length)
 
 
 def row_buckets(opts, total_len: int) -> tuple[int, ...]:

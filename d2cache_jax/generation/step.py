@@ -31,10 +31,15 @@ def scatter_to_gen(gen_idx: jax.Array, values: jax.Array, gen_length: int, fill)
     return out.at[jnp.arange(gen_idx.shape[0])[:, None], gen_idx].set(values, mode="drop")
 
 
+def bf16_scores(cfg: ModelConfig, opts) -> bool:
+    """Whether confidences are bf16-rounded: asked for, or under `upstream_compat` with a bf16 model
+    (upstream's softmax runs in the logits' dtype, which is the model's: fp32 weights give fp32)."""
+    return opts.bf16_confidence or (opts.upstream_compat and cfg.param_dtype == "bfloat16")
+
+
 def propose_kw(cfg: ModelConfig, opts) -> dict:
     return dict(mask_id=cfg.mask_token_id, temperature=opts.temperature, top_p=opts.top_p,
-                top_k=opts.top_k, alg=opts.confidence_kind,
-                bf16_confidence=opts.bf16_confidence or opts.upstream_compat,
+                top_k=opts.top_k, alg=opts.confidence_kind, bf16_confidence=bf16_scores(cfg, opts),
                 gumbel=opts.sampling == "gumbel", need_entropy=opts.decoder == "eb")
 
 
@@ -56,7 +61,10 @@ def _step(cfg: ModelConfig, opts, params, state: GenState, forward) -> GenState:
     fwd = forward(cfg, opts, params, state)
     rng, k_prop, k_dec = jax.random.split(state.rng, 3)
 
-    prop = propose(fwd.logits, k_prop, **propose_kw(cfg, opts))
+    logits = fwd.logits
+    if opts.upstream_compat and cfg.param_dtype == "bfloat16":
+        logits = logits.astype(jnp.bfloat16).astype(jnp.float32)  # upstream's head returns bf16 logits
+    prop = propose(logits, k_prop, **propose_kw(cfg, opts))
     valid = scatter_to_gen(fwd.gen_idx, jnp.ones_like(fwd.gen_idx, bool), g, False)
     x0 = scatter_to_gen(fwd.gen_idx, prop.token, g, 0)
     conf = scatter_to_gen(fwd.gen_idx, prop.conf, g, -jnp.inf)
@@ -79,7 +87,8 @@ def _step(cfg: ModelConfig, opts, params, state: GenState, forward) -> GenState:
         score = conf * certainty_density(~masked, opts.cp_sigma)
     n_masked_block = (masked & live).sum(-1).astype(jnp.int32)
     budget, reveal = schedule.budget(opts, n_masked_block, state.n_block_start, state.block_step)
-    inputs = DecodeInputs(jnp.where(eligible, score, -jnp.inf), conf, ent, eligible, budget, reveal)
+    inputs = DecodeInputs(jnp.where(eligible, score, -jnp.inf), conf, ent, eligible, budget, reveal,
+                          bf16_scores(cfg, opts) and opts.cp_sigma == 0)
     transfer = DECODERS[opts.decoder](inputs, opts, k_dec) & eligible
 
     new_gen = jnp.where(transfer, x0, gen)
