@@ -3,6 +3,11 @@
 Each shot's answer is the prefill, its code and a closing fence; the doc's answer is prefilled with
 the opening fence. No stop words (256 tokens); the code tested is the first fenced block of
 "```" + output, as lm-eval's `extract_code_blocks` reads it (empty when there is none).
+
+Behaviour we adopt where upstream has a bug: lm-eval's pattern takes any word right after the fence
+as a language tag, so code continuing the prefill ("def f(...") loses its first word and fails
+(lm-eval issue #3447). Here a language tag must end its line; `extract_code(..., upstream=True)`
+reproduces lm-eval's reading.
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ from d2cache_jax.evaluation.tasks.fewshot import load_fewshot
 from d2cache_jax.evaluation.tasks.mbpp import build_test_program
 
 PREFIX = "\n```python\n"
-_BLOCK = re.compile(r"```(?:\w+)?\n?(.*?)\n?```", re.DOTALL)
+_BLOCK = re.compile(r"```(?:\w+[ \t]*\n)?\n?(.*?)\n?```", re.DOTALL)
+_BLOCK_UPSTREAM = re.compile(r"```(?:\w+)?\n?(.*?)\n?```", re.DOTALL)
 
 
-def extract_code(output: str) -> str:
+def extract_code(output: str, upstream: bool = False) -> str:
     """The first fenced block of "```" + output (the prefill opened it); else of the output with
-    its "```python" fences made plain; else ""."""
-    found = _BLOCK.findall("```" + output)
+    its "```python" fences made plain; else "". `upstream`: lm-eval's pattern (see the module doc)."""
+    block = _BLOCK_UPSTREAM if upstream else _BLOCK
+    found = block.findall("```" + output)
     if not found:
-        found = _BLOCK.findall(output.replace("```python", "```"))
+        found = block.findall(output.replace("```python", "```"))
     return found[0] if found else ""
 
 
