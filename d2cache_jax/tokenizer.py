@@ -19,19 +19,30 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def encode_prompts(tokenizer, texts: Sequence[str], chat: bool = False, add_bos: bool = True) -> list[list[int]]:
+def encode_prompts(tokenizer, texts: Sequence[str], chat: bool = False, add_bos: bool = True,
+                   prefixes: Sequence[str | None] | None = None) -> list[list[int]]:
     """Token ids per prompt. `chat` applies the checkpoint's chat template (instruct models) with the
-    assistant turn opened; otherwise BOS is put in front unless already there (as upstream does)."""
+    assistant turn opened; otherwise BOS is put in front unless already there (as upstream does).
+
+    `prefixes`: per prompt, the start of the answer (lm-eval's gen_prefix) or None. With `chat` it is
+    the open assistant message (the template's `continue_final_message`); otherwise it follows the text.
+    """
     out = []
-    for text in texts:
-        if chat:
+    for row, text in enumerate(texts):
+        prefix = prefixes[row] if prefixes is not None else None
+        if chat and prefix:
+            rendered = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}, {"role": "assistant", "content": prefix}],
+                tokenize=False, continue_final_message=True)
+            ids = list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        elif chat:
             ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
                                                 add_generation_prompt=True)
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                 ids = ids["input_ids"]
             ids = list(ids)
         else:
-            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            ids = list(tokenizer(text + (prefix or ""), add_special_tokens=False)["input_ids"])
             bos = tokenizer.bos_token_id
             if add_bos and bos is not None and (not ids or ids[0] != bos):
                 ids = [bos] + ids

@@ -38,7 +38,8 @@ OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where samples.jsonl and me
 LIMIT = flags.DEFINE_integer("limit", None, "Evaluate only the first N items.")
 SHARD = flags.DEFINE_string("shard", "0/1", "i/n: evaluate the i-th of n contiguous parts (separate jobs; the "
                                            "processes of one multi-process job split their shard again).")
-BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Prompts per generate call (speed numbers use 1).")
+BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Prompts per generate call (speed numbers use 1); with more than "
+                                                 "1, prompts are batched by similar length.")
 METHOD_NAME = flags.DEFINE_string("method_name", None, "Label of this run in reports (default: cache+decoder).")
 CODE_TIMEOUT = flags.DEFINE_float("code_timeout_s", 10.0, "Wall-time limit of one code test run.")
 CODE_MEMORY = flags.DEFINE_integer("code_memory_mb", 1024, "Memory limit of one code test run.")
@@ -151,8 +152,9 @@ def main(argv):
                                          {"task": task.name, "num_items": num_items, **run_config})
     if not rt.is_main:
         return
-    summary = {k: metrics[k] for k in ("num_samples", "accuracy", "throughput_tok_s", "tokens_per_step",
-                                        "forward_passes", "latency_s")}
+    summary = {k: metrics.get(k) for k in ("num_samples", "accuracy", "throughput_tok_s", "full_throughput_tok_s",
+                                            "tokens_per_step", "forward_passes", "latency_s", "compiles",
+                                            "compile_s", "generation_s", "eval_wall_s")}
     print(json.dumps(summary, indent=1))
 
 

@@ -112,7 +112,7 @@ def test_gsm8k_without_fewshot_pool_is_a_clear_error():
     (3, "no idea", False),
 ])
 def test_math500_equivalence(index, output, correct):
-    assert get_task("math500").score(docs("math500")[index], output, OPTS).correct is correct
+    assert get_task("math500").score(docs("math500")[index], output, OPTS).details["math_verify"] is correct
 
 
 def test_math500_minerva_answer_and_prompt():

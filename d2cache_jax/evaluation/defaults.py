@@ -41,7 +41,8 @@ def generation_defaults(task: str, task_gen_length: int, family: str, instruct: 
     if family == "dream":
         out["top_p"] = 0.9
     if cache == "dllm":
-        out["kp"], out["kr"] = DLLM_KP_KR.get(task, {}).get(model_key(family, instruct), DLLM_DEFAULT_KP_KR)
+        per_task = DLLM_KP_KR.get(task.removesuffix("_instruct"), {})  # humaneval_instruct: humaneval's
+        out["kp"], out["kr"] = per_task.get(model_key(family, instruct), DLLM_DEFAULT_KP_KR)
         out["rou"] = 0.25
     return out
 

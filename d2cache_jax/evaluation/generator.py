@@ -18,12 +18,19 @@ class Completion:
     wall_s: float  # generation wall time of its batch, compilation excluded
     tokens_per_step: float | None = None  # None: num_tokens / steps
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    committed: int | None = None  # positions committed in all, EOS and after included (None: unknown)
+    commit_step: list[int] | None = None  # per generated position, the step it was committed at (-1: never)
 
 
 class Generator(Protocol):
-    """Turns prompt texts into completions; `until` lists stop words that end the text."""
+    """Turns prompt texts into completions; `until` lists stop words that end the text.
 
-    def generate(self, prompts: Sequence[str], until: Sequence[str] = ()) -> list[Completion]: ...
+    `prefixes` (passed only when a task has them): per prompt, the start of the answer that the model
+    continues (lm-eval's gen_prefix); the completion's text is what follows it.
+    """
+
+    def generate(self, prompts: Sequence[str], until: Sequence[str] = (),
+                 prefixes: Sequence[str | None] | None = None) -> list[Completion]: ...
 
 
 def cut_at_stop_words(text: str, stop_words: Sequence[str]) -> str:
@@ -77,16 +84,18 @@ class ModelGenerator:
         self._generate = d2cache_jax.generate
         self._encode = tokenizer_lib.encode_prompts
 
-    def generate(self, prompts: Sequence[str], until: Sequence[str] = ()) -> list[Completion]:
+    def generate(self, prompts: Sequence[str], until: Sequence[str] = (),
+                 prefixes: Sequence[str | None] | None = None) -> list[Completion]:
         """Encode, generate one batch and decode each row to its final text."""
-        ids = self._encode(self.tokenizer, list(prompts), chat=self.chat, add_bos=self.add_bos)
+        ids = self._encode(self.tokenizer, list(prompts), chat=self.chat, add_bos=self.add_bos, prefixes=prefixes)
         mesh = {} if self.mesh is None else {"mesh": self.mesh}
         result = self._generate(self.config, self.params, ids, **mesh, **self.options)
         return completions_from_result(result, self.tokenizer, until, self.options)
 
-    def prompt_length(self, prompt: str) -> int:
-        """Tokens of one encoded prompt (for the memory estimate)."""
-        return len(self._encode(self.tokenizer, [prompt], chat=self.chat, add_bos=self.add_bos)[0])
+    def prompt_length(self, prompt: str, prefix: str | None = None) -> int:
+        """Tokens of one encoded prompt (for the memory estimate and length-sorted batches)."""
+        return len(self._encode(self.tokenizer, [prompt], chat=self.chat, add_bos=self.add_bos,
+                                prefixes=[prefix])[0])
 
 
 def _text_length(tokens: Any, stop_index: int, vocab: int) -> int:
@@ -103,6 +112,7 @@ def completions_from_result(result: Any, tokenizer: Any, until: Sequence[str],
     gen_length = int(result.tokens.shape[1])
     out = []
     vocab = len(tokenizer)
+    commit = getattr(result, "commit_step", None)
     for row in range(batch):
         n = _text_length(result.tokens[row], int(result.lengths[row]), vocab)
         text = final_text(tokenizer, result.tokens[row, :n].tolist(), until)
@@ -119,5 +129,7 @@ def completions_from_result(result: Any, tokenizer: Any, until: Sequence[str],
             text=text, num_tokens=counted, steps=steps,
             forward_passes=int(stats.get("forward_passes", steps)),
             wall_s=float(stats.get("wall_s", 0.0)), tokens_per_step=tps,
-            extra={"compile_s": float(stats.get("compile_s", 0.0)), "stop_index": n}))
+            extra={"compile_s": float(stats.get("compile_s", 0.0)), "stop_index": n},
+            committed=None if commit is None else int((commit[row] >= 0).sum()),
+            commit_step=None if commit is None else [int(x) for x in commit[row]]))
     return out

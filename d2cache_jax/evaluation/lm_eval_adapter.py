@@ -83,8 +83,10 @@ def lm_class() -> type:
             tokenizer = getattr(self.generator, "tokenizer", None)
             if tokenizer is None:
                 raise NotImplementedError("this generator has no tokenizer with a chat template")
+            # lm-eval asks for no generation prompt when the last message is a gen_prefix to continue.
             return tokenizer.apply_chat_template(chat_history, tokenize=False,
-                                                 add_generation_prompt=add_generation_prompt)
+                                                 add_generation_prompt=add_generation_prompt,
+                                                 continue_final_message=not add_generation_prompt)
 
     return D2CacheLM
 

@@ -3,6 +3,9 @@
 `samples.jsonl` gets one line per sample as soon as its batch is scored (flushed and fsynced), so an
 interrupted run resumes where it stopped. At the end the samples are rewritten in index order and
 `metrics.json` is written, both through a temporary file and an atomic rename.
+
+With batch_size > 1 the prompts are batched by similar length (sorted by encoded length, ties in
+index order), so a batch pads little and few distinct shapes are compiled; results keep their index.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
+from d2cache_jax.evaluation import compiles
 from d2cache_jax.evaluation import metrics as metrics_lib
 from d2cache_jax.evaluation.data import shard_range
 from d2cache_jax.evaluation.generator import Completion, Generator
@@ -27,11 +32,12 @@ _ID_FIELDS = ("task_id", "unique_id", "id")  # a record's own id, where the data
 
 @dataclasses.dataclass(frozen=True)
 class EvalItem:
-    """One sample to evaluate: its index in the dataset, the record and the prompt text."""
+    """One sample to evaluate: its index in the dataset, the record, the prompt text and the answer's prefill."""
 
     index: int
     doc: dict[str, Any]
     prompt: str
+    prefix: str | None = None  # lm-eval gen_prefix: the start of the answer, given to the model
 
 
 def prepare_items(task: Task, docs: Sequence[dict[str, Any]], num_fewshot: int,
@@ -39,7 +45,19 @@ def prepare_items(task: Task, docs: Sequence[dict[str, Any]], num_fewshot: int,
                   shard: tuple[int, int] = (0, 1)) -> list[EvalItem]:
     """Prompts for all docs (few-shot draws depend on the whole order), then this shard's items."""
     prompts = build_prompts(task, docs, num_fewshot, pool, fewshot_seed)
-    return [EvalItem(i, docs[i], prompts[i]) for i in shard_range(len(docs), *shard)]
+    return [EvalItem(i, docs[i], prompts[i], task.gen_prefix(docs[i])) for i in shard_range(len(docs), *shard)]
+
+
+def length_sorted(items: Sequence[EvalItem], generator: Generator) -> list[EvalItem]:
+    """Items by prompt length (the generator's token count if it has one, else characters), then index."""
+    measure = getattr(generator, "prompt_length", None)
+
+    def length(item: EvalItem) -> int:
+        if measure is None:
+            return len(item.prompt) + len(item.prefix or "")
+        return measure(item.prompt, item.prefix) if item.prefix else measure(item.prompt)
+
+    return sorted(items, key=lambda item: (length(item), item.index))
 
 
 def read_samples(path: str) -> list[dict[str, Any]]:
@@ -75,17 +93,23 @@ def _check_config(path: str, config: dict[str, Any]) -> None:
 
 
 def make_record(item: EvalItem, completion: Completion, task: Task, options: ScoreOptions,
-                batch_id: int, batch_size: int) -> dict[str, Any]:
-    """Score one completion and describe it as a samples.jsonl line."""
+                batch_id: int, batch_size: int, batch_stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score one completion and describe it as a samples.jsonl line.
+
+    `commit_step` is the decode order: per generated position, the step that committed it (-1: never).
+    """
     score = task.score(item.doc, completion.text, options)
     stats = {"num_tokens": completion.num_tokens, "steps": completion.steps,
              "forward_passes": completion.forward_passes, "wall_s": completion.wall_s,
              "tokens_per_step": completion.tokens_per_step, "batch": batch_id, "batch_size": batch_size,
-             **completion.extra}
+             "committed": completion.committed, **completion.extra, **(batch_stats or {})}
     doc_id = next((item.doc[k] for k in _ID_FIELDS if k in item.doc), None)
-    return {"index": item.index, "doc_id": doc_id, "prompt": item.prompt, "output": completion.text,
-            "extracted": score.extracted, "correct": bool(score.correct), "details": score.details,
-            "stats": stats}
+    record = {"index": item.index, "doc_id": doc_id, "prompt": item.prompt, "output": completion.text,
+              "extracted": score.extracted, "correct": bool(score.correct), "details": score.details,
+              "stats": stats, "commit_step": completion.commit_step}
+    if item.prefix:
+        record["prefix"] = item.prefix
+    return record
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
@@ -109,17 +133,28 @@ def run_evaluation(task: Task, items: Sequence[EvalItem], generator: Generator, 
     records = {r["index"]: r for r in read_samples(samples_path) if r["index"] in wanted}
     todo = [item for item in items if item.index not in records]
     write_atomic(samples_path, "".join(json.dumps(records[i]) + "\n" for i in sorted(records)))
+    if batch_size > 1:
+        todo = length_sorted(todo, generator)
     bar = _progress_bar(len(items), len(records), progress)
+    compiles.install()
     tokens, seconds = 0, 0.0
     with open(samples_path, "a", encoding="utf-8") as out:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            completions = generator.generate([item.prompt for item in batch], until=task.stop_words)
+            t0, before = time.perf_counter(), compiles.current()
+            prefixes = [item.prefix for item in batch]
+            extra = {"prefixes": prefixes} if any(prefixes) else {}
+            completions = generator.generate([item.prompt for item in batch], until=task.stop_words, **extra)
             if len(completions) != len(batch):
                 raise RuntimeError(f"generator returned {len(completions)} completions for {len(batch)} prompts")
-            for item, completion in zip(batch, completions):
-                record = make_record(item, completion, task, score_options, batch[0].index, len(batch))
-                records[item.index] = record
+            compiled = compiles.current() - before
+            batch_stats = {"compiles": compiled.programs, "generation_compiles": compiled.generation_programs,
+                           "compile_event_s": compiled.seconds}
+            scored = [make_record(item, completion, task, score_options, batch[0].index, len(batch), batch_stats)
+                      for item, completion in zip(batch, completions)]
+            for record in scored:
+                record["stats"]["batch_wall_s"] = time.perf_counter() - t0  # generate, decode and score
+                records[record["index"]] = record
                 out.write(json.dumps(record) + "\n")
             out.flush()
             os.fsync(out.fileno())

@@ -23,6 +23,7 @@ class GenerateResult:
     tokens: np.ndarray  # [B, gen_length] int32 (after the first stop token: as decoded, or eos if never)
     lengths: np.ndarray  # [B] int32: tokens before the first stop token
     stats: dict[str, Any]
+    commit_step: np.ndarray | None = None  # [B, gen_length] int32: step each position was committed, -1 never
 
 
 # The step and the whole loop, jitted with the config and options static. The device loop is the
@@ -135,7 +136,7 @@ def _result(cfg: ModelConfig, opts: GenOptions, state: GenState, wall_s: float, 
         cache=opts.cache,
         decoder=opts.decoder,
     )
-    return GenerateResult(tokens=tokens, lengths=lengths, stats=stats)
+    return GenerateResult(tokens=tokens, lengths=lengths, stats=stats, commit_step=np.asarray(commit, np.int32))
 
 
 @functools.cache

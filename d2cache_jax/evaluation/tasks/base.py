@@ -46,6 +46,10 @@ class Task:
         """The answer text of a few-shot example."""
         raise NotImplementedError
 
+    def gen_prefix(self, doc: dict[str, Any]) -> str | None:
+        """lm-eval `gen_prefix`: the start of the assistant's answer, given to the model (None: none)."""
+        return None
+
     def fixed_fewshot(self) -> list[dict[str, Any]] | None:
         """Fixed few-shot examples, taken first-n; None if they are drawn from `fewshot_split`."""
         return None
@@ -58,11 +62,27 @@ class Task:
         return None
 
 
+def requires_delimiter(left: str, right: str) -> bool:
+    """lm-eval's rule: a delimiter goes between two texts when neither has whitespace at the join."""
+    return bool(left) and bool(right) and not (left[-1].isspace() or right[0].isspace())
+
+
+def _shot(task: Task, shot: dict[str, Any]) -> str:
+    """One answered example as lm-eval renders it (with a gen_prefix, the answer follows the prefix)."""
+    question, answer, prefix = task.doc_to_text(shot), task.doc_to_target(shot), task.gen_prefix(shot)
+    if not prefix:
+        return question + task.target_delimiter + answer + task.fewshot_delimiter
+    delimiter = task.target_delimiter if requires_delimiter(question, prefix) else ""
+    answer = prefix + (" " if requires_delimiter(prefix, answer) else "") + answer
+    return question + delimiter + answer + task.fewshot_delimiter
+
+
 def fewshot_prompt(task: Task, doc: dict[str, Any], shots: Sequence[dict[str, Any]]) -> str:
-    """The lm-eval plain-text context: each shot as question, delimiter, answer, delimiter; then the question."""
-    parts = [task.doc_to_text(s) + task.target_delimiter + task.doc_to_target(s) + task.fewshot_delimiter
-             for s in shots]
-    return "".join(parts) + task.doc_to_text(doc)
+    """The lm-eval context (the user turn): each shot as question, delimiter, answer, delimiter; then the question.
+
+    The doc's own gen_prefix is not part of it: the generator puts it at the start of the answer.
+    """
+    return "".join(_shot(task, s) for s in shots) + task.doc_to_text(doc)
 
 
 def random_fewshot_indices(num_docs: int, pool_size: int, n: int, seed: int) -> list[list[int]]:

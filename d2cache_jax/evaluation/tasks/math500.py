@@ -1,10 +1,16 @@
-"""MATH-500 as the d2Cache `math-500` task: Minerva 4-shot prompt, answers checked with math-verify."""
+"""MATH-500 as the d2Cache `math-500` task: Minerva 4-shot prompt, two scorers.
+
+The verdict is Minerva's exact match (`minerva_math`: boxed or "Final Answer" extraction, normalisation,
+sympy equivalence), the path lm-eval's minerva_math tasks take; math-verify on the whole output is kept
+beside it. Both appear in the details, so metrics.json holds `accuracy_minerva` and `accuracy_math_verify`.
+"""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
+from d2cache_jax.evaluation import minerva_math
 from d2cache_jax.evaluation.tasks.base import Score, ScoreOptions, Task
 from d2cache_jax.evaluation.tasks.fewshot import load_fewshot
 
@@ -63,9 +69,12 @@ class Math500(Task):
         return load_fewshot("minerva_math")
 
     def score(self, doc: dict[str, Any], output: str, options: ScoreOptions) -> Score:
-        correct, extracted = is_equivalent(str(doc["answer"]), output)
-        return Score(correct=correct, extracted=extracted,
-                     details={"minerva_answer": minerva_answer(output), "gold": str(doc["answer"])})
+        gold = str(doc["answer"])
+        minerva, answer = minerva_math.score(output, gold)
+        verified, verify_answer = is_equivalent(gold, output)
+        return Score(correct=minerva, extracted=answer,
+                     details={"minerva": minerva, "math_verify": verified, "math_verify_answer": verify_answer,
+                              "minerva_answer": minerva_answer(output), "gold": gold})
 
 
 TASK = Math500()
