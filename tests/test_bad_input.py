@@ -4,6 +4,7 @@ at a time; the model is the tiny one shipped in d2cache_jax/assets/tiny_arith.""
 
 import json
 import os
+import re
 import shutil
 import stat
 import struct
@@ -141,11 +142,7 @@ def test_bad_generation_flags(tmp_path):
     cases = [("--threshold=2", "--threshold=2.0: must be a number in [0, 1]"),
              ("--temperature=nan", "--temperature=nan: must be a finite number >= 0"),
              ("--factor=-1", "--factor=-1.0: must be a finite number > 0"),
-             ("--gamma=-1", "--gamma=-1.0: must be a finite number >= 0"),
-             ("--alg_temp=-1", "--alg_temp=-1.0: must be a finite number >= 0"),
-             ("--cache_sigma=-1", "--cache_sigma=-1.0: must be a finite number > 0"),
              ("--seed=99999999999999999999", "--seed=99999999999999999999: must be an integer in [0, 4294967295]"),
-             ("--temperature=abc", "--temperature=abc"),
              (f"--output_json={tmp_path}", f"--output_json={tmp_path} is a directory"),
              ("--gen_length=100000", "--gen_length=100000 plus the prompt's 27 tokens exceeds the model's context "
                                      "of 128 tokens"),
@@ -156,6 +153,25 @@ def test_bad_generation_flags(tmp_path):
         assert_one_line(res, msg)
         assert not res[1].strip(), flag  # checked before anything was generated
     assert "use --gen_length <= 101" in results[-2][2] and "no chat template" in results[-1][2]
+
+
+def test_option_values_checked_with_the_flags():
+    """The checks behind the flags (and d2cache_generation.json), for the values not run above."""
+    from experiments.flags_common import check_values
+
+    for name, value, allowed in [("gamma", -1.0, ">= 0"), ("alg_temp", -1.0, ">= 0"), ("cache_sigma", -1.0, "> 0"),
+                                 ("cache_sigma", float("inf"), "> 0"), ("temperature", float("-inf"), ">= 0"),
+                                 ("threshold", float("nan"), "in [0, 1]"), ("sigma", float("nan"), ">= 0"),
+                                 ("cfg_scale", float("nan"), ">= 0"), ("top_p", 0.0, "in (0, 1]"),
+                                 ("gen_length", 0, ">= 1"), ("steps", 2.5, ">= 1"), ("seed", -1, "[0, 4294967295]"),
+                                 ("kp", True, ">= 1")]:
+        with pytest.raises(InputError, match=rf"--{name}={value}: must be .*{re.escape(allowed)}"):
+            check_values({name: value})
+    with pytest.raises(InputError, match=r"gamma=-1 in gen\.json: must be"):
+        check_values({"gamma": -1}, "gen.json")
+    with pytest.raises(InputError, match="stop_at_eos='yes' in gen.json: must be true or false"):
+        check_values({"stop_at_eos": "yes"}, "gen.json")
+    check_values({"gamma": 0.0, "threshold": 1, "seed": 2**32 - 1, "top_p": None, "cache_sigma": 1e-3})
 
 
 # --- converted checkpoints with damaged array files ---------------------------------------------
