@@ -12,7 +12,6 @@ import contextlib
 import glob
 import json
 import os
-import sys
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -27,8 +26,10 @@ from checkpoints_convert.safetensors_io import (
     read_rows,
     read_tensor,
 )
+from d2cache_jax import cli
+from d2cache_jax import files as files_lib
 from d2cache_jax.checkpoint import group_paths, write_converted
-from d2cache_jax.config import ModelConfig, detect_family, from_hf_config
+from d2cache_jax.config import ModelConfig, read_hf_config
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -51,16 +52,12 @@ def _read_config(hf_dir: str, family: str | None, dtype: str) -> ModelConfig:
     if not os.path.isfile(path):
         raise CheckpointError(f"missing config.json in {hf_dir}")
     try:
-        with open(path) as f:
-            hf_cfg = json.load(f)
-        found = detect_family(hf_cfg)
-        if family is not None and found != family:
-            raise CheckpointError(f"{path} is a {found} config; use checkpoints_convert.{found}")
-        return from_hf_config(hf_cfg, family=found, param_dtype=dtype)
-    except (ValueError, TypeError, KeyError) as e:  # unknown / missing fields, bad values
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(f"{path}: {e}") from None
+        cfg = read_hf_config(hf_dir, param_dtype=dtype)
+    except cli.InputError as e:
+        raise CheckpointError(str(e)) from None
+    if family is not None and cfg.family != family:
+        raise CheckpointError(f"{path} is a {cfg.family} config; use checkpoints_convert.{cfg.family}")
+    return cfg
 
 
 def _shard_files(hf_dir: str) -> tuple[list[str], dict[str, str] | None]:
@@ -72,8 +69,13 @@ def _shard_files(hf_dir: str) -> tuple[list[str], dict[str, str] | None]:
                 weight_map = json.load(f)["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"corrupt index {index_path}: {e!r}") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"corrupt index {index_path}: weight_map must map keys to shard file names")
         files = list(dict.fromkeys(weight_map.values()))
         for name in files:
+            if not name or name != os.path.basename(name) or name in (".", "..") or "\\" in name:
+                raise CheckpointError(f"corrupt index {index_path}: shard file {name!r} is not a plain file name "
+                                      f"inside {hf_dir}")
             if not os.path.isfile(os.path.join(hf_dir, name)):
                 raise CheckpointError(f"missing shard file {os.path.join(hf_dir, name)} "
                                       f"(named in {index_path})")
@@ -164,13 +166,22 @@ def tokenizer_files(hf_dir: str) -> list[str]:
     return [os.path.join(hf_dir, n) for n in names]
 
 
-def convert(hf_dir: str, out: str, family: str | None = None, dtype: str | None = None) -> ModelConfig:
-    """Convert `hf_dir` into a new directory `out` (error if it exists; atomic rename at the end)."""
+def convert(hf_dir: str, out: str, family: str | None = None, dtype: str | None = None,
+            clean_partial: bool = False) -> ModelConfig:
+    """Convert `hf_dir` into a new directory `out` (error if it exists; atomic rename at the end).
+
+    Everything is checked before the first tensor is read: the output place, partial outputs of
+    interrupted runs beside it (removed when provably stale or with `clean_partial`, else an error
+    naming them), the config and every shard header."""
     if os.path.exists(out):
         raise FileExistsError(f"output directory already exists: {out}")
+    parent = os.path.dirname(os.path.abspath(out))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise CheckpointError(f"--out={out}: {parent} is not a directory")
+    files_lib.check_partials(parent, clean_partial)
     src = inspect_hf(hf_dir, family, dtype)
     source = {"hf_dir": os.path.abspath(hf_dir), "files": [os.path.basename(f) for f, _ in src.shards]}
-    write_converted(src.cfg, iter_params(src), out, tokenizer_files(hf_dir), source)
+    write_converted(src.cfg, iter_params(src), out, tokenizer_files(hf_dir), source, clean_partial)
     return src.cfg
 
 
@@ -183,11 +194,13 @@ def _define_flags() -> None:
     flags.DEFINE_string("out", None, "Output directory; must not exist.")
     flags.DEFINE_enum("dtype", None, ["bfloat16", "float32"],
                       "Cast params to this dtype (default: keep bf16 checkpoints bf16).")
+    flags.DEFINE_bool("clean_partial", False, "Remove partial outputs of interrupted conversions found beside "
+                                              "--out (those whose writer provably died are always removed).")
     flags.mark_flags_as_required(["hf_dir", "out"])
 
 
 def main(argv: list[str], family: str) -> None:
-    """absl main body: convert --hf_dir into --out; errors are one clear line on stderr, exit 1."""
+    """absl main body: convert --hf_dir into --out; bad input is one clear line on stderr, exit status 2."""
     from absl import app, flags, logging
 
     if len(argv) > 1:
@@ -195,16 +208,11 @@ def main(argv: list[str], family: str) -> None:
     f = flags.FLAGS
     if not f["verbosity"].present:  # orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
-    try:
-        cfg = convert(f.hf_dir, f.out, family, f.dtype)
-    except (CheckpointError, FileExistsError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    cfg = convert(f.hf_dir, f.out, family, f.dtype, f.clean_partial)
     print(f"wrote {f.out}: {cfg.family} {cfg.n_layers} layers d_model={cfg.d_model} {cfg.param_dtype}")
 
 
 def run(family: str) -> None:
     """Entry point of `python -m checkpoints_convert.<family>`."""
-    from absl import app
-
     _define_flags()
-    app.run(lambda argv: main(argv, family))
+    cli.run(lambda argv: main(argv, family))

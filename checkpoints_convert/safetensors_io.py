@@ -16,13 +16,15 @@ from typing import Any, NamedTuple
 import ml_dtypes
 import numpy as np
 
+from d2cache_jax.cli import InputError
+
 # Only these dtypes are accepted: the published checkpoints are bf16; fp32/fp16 appear in exports.
 DTYPES = {"BF16": np.dtype(ml_dtypes.bfloat16), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16)}
 NAMES = {v: k for k, v in DTYPES.items()}
 _MAX_HEADER = 100 << 20  # 100 MB: far above any real header, guards against garbage lengths
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file or directory that cannot be converted; the message names file and key."""
 
 
@@ -74,6 +76,15 @@ def read_header(path: str) -> dict[str, TensorInfo]:
     if max_end != data_len:
         raise CheckpointError(f"corrupt shard {path}: header covers {max_end} data bytes, "
                               f"file has {data_len}")
+    # The tensors must tile the data bytes exactly: no two share bytes, no bytes belong to none.
+    end, prev = 0, None
+    for key, info in sorted(out.items(), key=lambda kv: (kv[1].start, kv[1].end)):
+        a, b = info.start - data0, info.end - data0
+        if a < end:
+            raise CheckpointError(f"corrupt shard {path}: {key} (data bytes [{a}, {b}]) overlaps {prev}")
+        if a > end:
+            raise CheckpointError(f"corrupt shard {path}: data bytes [{end}, {a}] belong to no tensor")
+        end, prev = b, key
     return out
 
 

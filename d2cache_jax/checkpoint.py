@@ -14,10 +14,11 @@ Groups are written as soon as they are complete, so a converter never holds the 
 from __future__ import annotations
 
 import ctypes
-import json
+import gc
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -25,7 +26,8 @@ import jax
 import numpy as np
 
 from d2cache_jax import files
-from d2cache_jax.config import ModelConfig
+from d2cache_jax.cli import InputError
+from d2cache_jax.config import ModelConfig, read_hf_config, read_json, read_model_config
 from d2cache_jax.params import param_shapes
 
 FORMAT = "d2cache-jax/converted-v1"
@@ -108,12 +110,13 @@ def _group_writer():
 
 
 def write_converted(cfg: ModelConfig, items: Iterable[tuple[str, np.ndarray]], out: str,
-                    extra_files: Sequence[str] = (), source: dict | None = None) -> str:
+                    extra_files: Sequence[str] = (), source: dict | None = None, clean_partial: bool = False) -> str:
     """Write params streamed as (dotted path, array) pairs to a converted directory at `out`.
 
     Each group is saved with orbax as soon as all its arrays have arrived and then dropped. The
     directory is built in a temporary sibling and renamed only when complete; on any error the
-    temporary is removed and `out` is never touched.
+    temporary is removed and `out` is never touched. Partial outputs of interrupted runs beside `out`
+    are handled by `files.check_partials` (`clean_partial` removes those whose writer is unknown).
     """
     import orbax.checkpoint as ocp
 
@@ -122,7 +125,7 @@ def write_converted(cfg: ModelConfig, items: Iterable[tuple[str, np.ndarray]], o
     notice = _DropOcdbtMergeNotice()
     logging.getLogger("absl").addFilter(notice)
     try:
-        with files.atomic_dir(out) as tmp:
+        with files.atomic_dir(out, clean_partial) as tmp:
             ckptr = _group_writer()
             pending: dict[str, dict[str, np.ndarray]] = {}
             done = set()
@@ -197,33 +200,73 @@ def load(path: str, dtype: Any = None, shardings: Any = None) -> tuple[ModelConf
         return _load_converted(path, dtype, shardings)
     if os.path.isfile(os.path.join(path, "config.json")):
         return _load_hf(path, dtype, shardings)
-    raise FileNotFoundError(f"{path} is neither a converted checkpoint ({MANIFEST}) nor an HF "
-                            f"checkpoint (config.json)")
+    raise InputError(f"{path} is neither a converted checkpoint ({MANIFEST}) nor an HF checkpoint "
+                     "(config.json)")
+
+
+def read_config(path: str) -> ModelConfig:
+    """The ModelConfig of a converted or Hugging Face checkpoint directory, checked, without its params;
+    a bad or missing file is an InputError naming it (cheap: call it before any long work)."""
+    if os.path.isfile(os.path.join(path, MANIFEST)):
+        return read_model_config(os.path.join(path, MODEL_CONFIG))
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return read_hf_config(path)
+    raise InputError(f"{path} is neither a converted checkpoint ({MANIFEST}) nor an HF checkpoint (config.json)")
+
+
+def _read_manifest(path: str) -> dict:
+    manifest = read_json(os.path.join(path, MANIFEST))
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise InputError(f"{path}/{MANIFEST}: format {got!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def _why(e: BaseException) -> str:
+    """The innermost cause of an orbax/TensorStore error, in one short line."""
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return line.split("; at byte")[0][:300]
+
+
+def _restore_group(ckptr: Any, item: str, target: dict) -> dict:
+    """Restore one group; a missing, truncated or garbage file is an InputError naming the group."""
+    try:
+        return ckptr.restore(item, target)
+    except Exception as e:  # orbax and TensorStore raise plain Exception / ValueError / OSError
+        why = _why(e)
+    # Outside the except block so nothing keeps the failed reads alive; their coroutines are collected
+    # now, quietly, instead of printing "Exception ignored" at interpreter exit.
+    hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    raise InputError(f"damaged converted checkpoint: params group {os.path.basename(item)} ({item}) cannot "
+                     f"be read: {why}; convert the model again")
 
 
 def _load_converted(path: str, dtype: Any, shardings: Any) -> tuple[ModelConfig, dict]:
     import orbax.checkpoint as ocp
 
-    with open(os.path.join(path, MANIFEST)) as f:
-        manifest = json.load(f)
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}/{MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    with open(os.path.join(path, MODEL_CONFIG)) as f:
-        cfg = ModelConfig.from_dict(json.load(f))
+    manifest = _read_manifest(path)
+    cfg = read_model_config(os.path.join(path, MODEL_CONFIG))
     if dtype is not None:
         cfg = cfg.replace(param_dtype=_dtype_name(dtype))
     groups = group_paths(cfg)
-    if manifest["groups"] != groups:
-        raise ValueError(f"{path}/{MANIFEST}: groups do not match {MODEL_CONFIG}")
+    if manifest.get("groups") != groups:
+        raise InputError(f"{path}/{MANIFEST}: groups do not match {MODEL_CONFIG}")
     shapes, params = param_shapes(cfg), _skeleton(cfg)
     ckptr = ocp.StandardCheckpointer()
     for g, paths in groups.items():
         item = os.path.join(path, "params", g)
         if not os.path.isdir(item):
-            raise FileNotFoundError(f"missing params group {item}")
+            raise InputError(f"damaged converted checkpoint: missing params group {g} ({item}); "
+                             "convert the model again")
         target = {_leaf_name(p): jax.ShapeDtypeStruct(tuple(get_path(shapes, p)), cfg.param_dtype,
                                                       sharding=_sharding_at(shardings, p)) for p in paths}
-        restored = ckptr.restore(item, target)
+        restored = _restore_group(ckptr, item, target)
         for p in paths:
             set_path(params, p, restored[_leaf_name(p)])
     return cfg, params

@@ -4,10 +4,60 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
 FAMILIES = ("llada", "dream")
+SIZE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden",
+               "max_seq_len")
+ID_FIELDS = ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id", "eot_token_id")
+OPTIONAL_IDS = ("bos_token_id", "eot_token_id")
+POSITIVE_FLOATS = ("rms_norm_eps", "rope_theta")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_values(values: dict[str, Any], names: dict[str, str] | None = None) -> None:
+    """Check config values (ModelConfig field names) once, for both families; a ValueError names the
+    field as `names` spells it (e.g. the config.json key) and says what is allowed.
+
+    Sizes are positive integers, ids integers inside the vocabulary, eps and theta finite and positive,
+    heads divide d_model and n_kv_heads divide n_heads, head_dim is even (RoPE).
+    """
+    names = names or {}
+
+    def name(f: str) -> str:
+        return names.get(f, f)
+
+    for f in SIZE_FIELDS:
+        if f in values and (not _is_int(values[f]) or values[f] < 1):
+            raise ValueError(f"{name(f)} must be a positive integer, got {values[f]!r}")
+        if f == "n_kv_heads" and f in values:  # every head count is known here: check they divide
+            d, h, kv = values.get("d_model"), values.get("n_heads"), values["n_kv_heads"]
+            if d is not None and h is not None and d % h:
+                raise ValueError(f"{name('n_heads')}={h} does not divide {name('d_model')}={d}")
+            if h is not None and h % kv:
+                raise ValueError(f"{name('n_kv_heads')}={kv} does not divide {name('n_heads')}={h}")
+    if values.get("head_dim") is not None and values["head_dim"] % 2:
+        raise ValueError(f"{name('head_dim')} must be even for RoPE, got {values['head_dim']}")
+    for f in POSITIVE_FLOATS:
+        v = values.get(f)
+        if f in values and (not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v)
+                            or v <= 0):
+            raise ValueError(f"{name(f)} must be a finite number > 0, got {v!r}")
+    vocab = values.get("vocab_size")
+    for f in ID_FIELDS:
+        if f not in values or (values[f] is None and f in OPTIONAL_IDS):
+            continue
+        v = values[f]
+        if not _is_int(v) or v < 0 or (vocab is not None and v >= vocab):
+            limit = f"[0, {vocab - 1}] ({name('vocab_size')}={vocab})" if vocab is not None else ">= 0"
+            raise ValueError(f"{name(f)} must be a token id in {limit}, got {v!r}")
+    if "qkv_bias" in values and not isinstance(values["qkv_bias"], bool):
+        raise ValueError(f"{name('qkv_bias')} must be true or false, got {values['qkv_bias']!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,10 +86,9 @@ class ModelConfig:
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        validate_values(dataclasses.asdict(self))
+        for f in POSITIVE_FLOATS:  # an integer eps or theta (JSON 1 vs 1.0) is the same float
+            object.__setattr__(self, f, float(getattr(self, f)))
         if self.param_dtype not in ("bfloat16", "float32"):
             raise ValueError(f"param_dtype must be bfloat16 or float32, got {self.param_dtype!r}")
 
@@ -121,58 +170,95 @@ def detect_family(hf_cfg: dict[str, Any]) -> str:
     raise ValueError(f"cannot tell the model family from config.json (model_type={mt!r})")
 
 
+# Our field names -> the config.json keys they come from (error messages name the file's key).
+_LLADA_NAMES = {"vocab_size": "vocab_size", "d_model": "d_model", "n_layers": "n_layers", "n_heads": "n_heads",
+                "n_kv_heads": "n_kv_heads", "mlp_hidden": "mlp_hidden_size", "rms_norm_eps": "rms_norm_eps",
+                "rope_theta": "rope_theta", "max_seq_len": "max_sequence_length",
+                "head_dim": "head_dim (d_model / n_heads)"}
+_DREAM_NAMES = {"vocab_size": "vocab_size", "d_model": "hidden_size", "n_layers": "num_hidden_layers",
+                "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
+                "mlp_hidden": "intermediate_size", "rms_norm_eps": "rms_norm_eps", "rope_theta": "rope_theta",
+                "max_seq_len": "max_position_embeddings"}
+
+
 def from_hf_config(hf_cfg: dict[str, Any], family: str | None = None,
                    param_dtype: str = "bfloat16") -> ModelConfig:
-    """Build a ModelConfig from a published config.json dict (LLaDA or Dream)."""
+    """Build a ModelConfig from a published config.json dict (LLaDA or Dream).
+
+    Every value is checked (`validate_values`); a ValueError names the config.json key."""
+    if not isinstance(hf_cfg, dict):
+        raise ValueError(f"config.json must hold a JSON object, got a JSON {type(hf_cfg).__name__}")
     family = family or detect_family(hf_cfg)
+    ids = {k: hf_cfg.get(k) for k in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id")}
     if family == "llada":
         _check_fields(hf_cfg, _LLADA_USED, _LLADA_IGNORED, "LLaDA")
         if hf_cfg.get("weight_tying"):
             raise ValueError("LLaDA config.json: weight_tying=true is not supported")
-        n_heads = int(hf_cfg["n_heads"])
-        n_kv = hf_cfg.get("n_kv_heads") or n_heads
-        vocab = int(hf_cfg.get("embedding_size") or hf_cfg.get("vocab_size"))
-        return ModelConfig(
-            family="llada", vocab_size=vocab, d_model=int(hf_cfg["d_model"]),
-            n_layers=int(hf_cfg["n_layers"]), n_heads=n_heads, n_kv_heads=int(n_kv),
-            head_dim=int(hf_cfg["d_model"]) // n_heads, mlp_hidden=int(hf_cfg["mlp_hidden_size"]),
-            rms_norm_eps=float(hf_cfg["rms_norm_eps"]), rope_theta=float(hf_cfg["rope_theta"]),
-            qkv_bias=bool(hf_cfg.get("include_qkv_bias") or hf_cfg.get("include_bias")),
-            max_seq_len=int(hf_cfg["max_sequence_length"]),
-            mask_token_id=int(hf_cfg["mask_token_id"]), eos_token_id=int(hf_cfg["eos_token_id"]),
-            pad_token_id=int(hf_cfg["pad_token_id"]),
-            bos_token_id=_opt_int(hf_cfg.get("bos_token_id")),
-            eot_token_id=_opt_int(hf_cfg.get("eot_token_id")),
-            param_dtype=param_dtype)
+        names = dict(_LLADA_NAMES, vocab_size="embedding_size" if hf_cfg.get("embedding_size") else "vocab_size")
+        raw = dict(vocab_size=hf_cfg.get("embedding_size") or hf_cfg.get("vocab_size"), d_model=hf_cfg["d_model"],
+                   n_layers=hf_cfg["n_layers"], n_heads=hf_cfg["n_heads"],
+                   n_kv_heads=hf_cfg.get("n_kv_heads") or hf_cfg["n_heads"],
+                   mlp_hidden=hf_cfg["mlp_hidden_size"], rms_norm_eps=hf_cfg["rms_norm_eps"],
+                   rope_theta=hf_cfg["rope_theta"], max_seq_len=hf_cfg["max_sequence_length"],
+                   eot_token_id=hf_cfg.get("eot_token_id"), **ids)
+        validate_values(raw, names)
+        raw["head_dim"] = raw["d_model"] // raw["n_heads"]
+        validate_values(raw, names)
+        qkv_bias = bool(hf_cfg.get("include_qkv_bias") or hf_cfg.get("include_bias"))
+        return ModelConfig(family="llada", qkv_bias=qkv_bias, param_dtype=param_dtype, **raw)
     if family == "dream":
         _check_fields(hf_cfg, _DREAM_USED, _DREAM_IGNORED, "Dream")
         if hf_cfg.get("tie_word_embeddings"):
             raise ValueError("Dream config.json: tie_word_embeddings=true is not supported")
-        n_heads = int(hf_cfg["num_attention_heads"])
-        return ModelConfig(
-            family="dream", vocab_size=int(hf_cfg["vocab_size"]), d_model=int(hf_cfg["hidden_size"]),
-            n_layers=int(hf_cfg["num_hidden_layers"]), n_heads=n_heads,
-            n_kv_heads=int(hf_cfg["num_key_value_heads"]),
-            head_dim=int(hf_cfg.get("head_dim") or int(hf_cfg["hidden_size"]) // n_heads),
-            mlp_hidden=int(hf_cfg["intermediate_size"]), rms_norm_eps=float(hf_cfg["rms_norm_eps"]),
-            rope_theta=float(hf_cfg["rope_theta"]), qkv_bias=True,
-            max_seq_len=int(hf_cfg["max_position_embeddings"]),
-            mask_token_id=int(hf_cfg["mask_token_id"]), eos_token_id=int(hf_cfg["eos_token_id"]),
-            pad_token_id=int(hf_cfg["pad_token_id"]),
-            bos_token_id=_opt_int(hf_cfg.get("bos_token_id")), param_dtype=param_dtype)
+        raw = dict(vocab_size=hf_cfg["vocab_size"], d_model=hf_cfg["hidden_size"],
+                   n_layers=hf_cfg["num_hidden_layers"], n_heads=hf_cfg["num_attention_heads"],
+                   n_kv_heads=hf_cfg["num_key_value_heads"], mlp_hidden=hf_cfg["intermediate_size"],
+                   rms_norm_eps=hf_cfg["rms_norm_eps"], rope_theta=hf_cfg["rope_theta"],
+                   max_seq_len=hf_cfg["max_position_embeddings"], **ids)
+        validate_values(raw, _DREAM_NAMES)
+        raw["head_dim"] = hf_cfg.get("head_dim") or raw["d_model"] // raw["n_heads"]
+        validate_values(raw, _DREAM_NAMES)
+        return ModelConfig(family="dream", qkv_bias=True, param_dtype=param_dtype, **raw)
     raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
 
 
-def _opt_int(v: Any) -> int | None:
-    return None if v is None else int(v)
+def read_json(path: str) -> Any:
+    """A JSON file's content; unreadable or malformed JSON is an InputError naming the file."""
+    from d2cache_jax.cli import InputError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"missing file {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not a readable JSON file ({e})") from None
 
 
-def read_hf_config(hf_dir: str, param_dtype: str = "bfloat16") -> ModelConfig:
+def read_hf_config(hf_dir: str, param_dtype: str = "bfloat16", family: str | None = None) -> ModelConfig:
+    """The ModelConfig of a published checkpoint's config.json; any problem is an InputError naming the
+    file and the key."""
+    from d2cache_jax.cli import InputError
+
     path = os.path.join(hf_dir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no config.json in {hf_dir}")
-    with open(path) as f:
-        return from_hf_config(json.load(f), param_dtype=param_dtype)
+    hf_cfg = read_json(path)
+    try:
+        return from_hf_config(hf_cfg, family=family, param_dtype=param_dtype)
+    except (ValueError, TypeError, KeyError) as e:
+        raise InputError(f"{path}: {e}") from None
+
+
+def read_model_config(path: str) -> ModelConfig:
+    """`ModelConfig.from_dict` of a converted checkpoint's model_config.json, errors naming the file."""
+    from d2cache_jax.cli import InputError
+
+    d = read_json(path)
+    if not isinstance(d, dict):
+        raise InputError(f"{path}: must hold a JSON object, got a JSON {type(d).__name__}")
+    try:
+        return ModelConfig.from_dict(d)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 # --- presets ----------------------------------------------------------------------------------

@@ -214,16 +214,9 @@ def place(cfg: ModelConfig, opts: Any, params: dict, state: Any, mesh: Mesh) -> 
 
 def checkpoint_config(path: str) -> ModelConfig:
     """The ModelConfig of a converted or Hugging Face checkpoint directory, without its params."""
-    import json
-    import os
-
     from d2cache_jax import checkpoint
-    from d2cache_jax.config import read_hf_config
 
-    if os.path.isfile(os.path.join(path, checkpoint.MODEL_CONFIG)):
-        with open(os.path.join(path, checkpoint.MODEL_CONFIG)) as f:
-            return ModelConfig.from_dict(json.load(f))
-    return read_hf_config(path)
+    return checkpoint.read_config(path)
 
 
 def load(path: str, mesh: Mesh, dtype: Any = None) -> tuple[ModelConfig, dict]:

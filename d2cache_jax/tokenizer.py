@@ -7,16 +7,30 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# Files that hold a vocabulary: a fast tokenizer, a sentencepiece model, BPE or WordPiece vocabularies.
+VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
 
 def load_tokenizer(path: str):
-    """The transformers tokenizer saved beside a checkpoint (no download, no remote code)."""
+    """The transformers tokenizer saved beside a checkpoint (no download, no remote code).
+
+    A folder without tokenizer files, or with files transformers cannot read, is an InputError naming it."""
+    from d2cache_jax.cli import InputError
+
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer directory not found: {path}")
+    if not any(os.path.isfile(os.path.join(path, n)) for n in VOCAB_FILES):
+        raise InputError(f"no tokenizer in {path}: expected one of {', '.join(VOCAB_FILES)} (copy the "
+                         "tokenizer files of the original checkpoint there)")
     from transformers import AutoTokenizer
     from transformers.utils import logging
 
     logging.set_verbosity_error()  # our LLaDA/Dream config.json names a model type transformers lacks
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"cannot load the tokenizer in {path}: {why}") from None
 
 
 def encode_prompts(tokenizer, texts: Sequence[str], chat: bool = False, add_bos: bool = True,
@@ -57,4 +71,5 @@ def decode(tokenizer, ids: np.ndarray | Sequence[int], length: int | None = None
 
 
 def has_chat_template(tokenizer) -> bool:
+    """Whether the tokenizer carries a chat template (instruct checkpoints do)."""
     return bool(getattr(tokenizer, "chat_template", None))

@@ -15,6 +15,7 @@ import os
 
 from absl import app, flags
 
+from d2cache_jax import cli
 from d2cache_jax.evaluation import data as data_lib
 from d2cache_jax.evaluation import defaults as defaults_lib
 from d2cache_jax.evaluation.runner import prepare_items, run_evaluation
@@ -119,18 +120,18 @@ def main(argv):
     instruct = (MODEL_KIND.value == "instruct" or
                 (MODEL_KIND.value == "auto" and defaults_lib.is_instruct_checkpoint(CHECKPOINT.value)))
 
-    from d2cache_jax.evaluation import merge
+    from d2cache_jax import checkpoint
+    from d2cache_jax.evaluation import merge, runner
     from d2cache_jax.evaluation.generator import ModelGenerator
+    from d2cache_jax.tokenizer import has_chat_template
 
-    rt = distributed.setup()
-    num_items = len(items)
-    items = merge.process_items(items, rt.process_index, rt.process_count)
-    generator = ModelGenerator(CHECKPOINT.value, chat=instruct, mesh=rt.mesh)
+    # Every file and value is checked before the params are loaded and anything is generated.
+    config = checkpoint.read_config(CHECKPOINT.value)
     task_defaults = defaults_lib.generation_defaults(
-        task.name, task.gen_length, generator.config.family, instruct, flags_common.CACHE.value,
+        task.name, task.gen_length, config.family, instruct, flags_common.CACHE.value,
         flags_common.GEN_LENGTH.value)
-    generator.options = flags_common.checked_options(task_defaults)
-    options = {k: v for k, v in generator.options.items() if k != "loop"}
+    generation = flags_common.checked_options(task_defaults, f"the defaults of task {task.name}")
+    options = {k: v for k, v in generation.items() if k != "loop"}
     data = os.path.abspath(DATA.value) if DATA.value else None
     run_config = {"checkpoint": os.path.abspath(CHECKPOINT.value), "data": data,
                   "model_kind": "instruct" if instruct else "base", "num_fewshot": num_fewshot,
@@ -138,14 +139,31 @@ def main(argv):
                   "batch_size": BATCH_SIZE.value, "generation": options,
                   "method": METHOD_NAME.value or method_label(options),
                   "code_limits": {"timeout_s": CODE_TIMEOUT.value, "memory_mb": CODE_MEMORY.value}}
-    longest = max((item.prompt for item in items), key=len, default="")
-    distributed.check_memory(generator.config, generator.options, BATCH_SIZE.value,
-                             generator.prompt_length(longest), rt.mesh)
+    try:
+        runner.check_output_dir(OUTPUT_DIR.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+
+    rt = distributed.setup()
+    num_items = len(items)
+    items = merge.process_items(items, rt.process_index, rt.process_count)
     part_config = run_config if rt.process_count == 1 else {**run_config, "process": [rt.process_index,
                                                                                        rt.process_count]}
-    metrics = run_evaluation(task, items, generator, merge.process_dir(OUTPUT_DIR.value, rt.process_index,
-                                                                       rt.process_count),
-                             BATCH_SIZE.value, ScoreOptions(CODE_TIMEOUT.value, CODE_MEMORY.value), part_config,
+    part_dir = merge.process_dir(OUTPUT_DIR.value, rt.process_index, rt.process_count)
+    try:
+        runner.check_output_dir(part_dir, {"task": task.name, "num_items": len(items), **part_config})
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    generator = ModelGenerator(CHECKPOINT.value, chat=instruct, mesh=rt.mesh)
+    generator.options = generation
+    if instruct and not has_chat_template(generator.tokenizer):
+        raise app.UsageError(f"an instruct model needs a chat template, but the tokenizer in {CHECKPOINT.value} "
+                             "has none; use --model_kind=base")
+    longest = max((generator.prompt_length(item.prompt) for item in items), default=1)
+    flags_common.check_context(generator.config, generator.options, longest, CHECKPOINT.value)
+    distributed.check_memory(generator.config, generator.options, BATCH_SIZE.value, longest, rt.mesh)
+    metrics = run_evaluation(task, items, generator, part_dir, BATCH_SIZE.value,
+                             ScoreOptions(CODE_TIMEOUT.value, CODE_MEMORY.value), part_config,
                              progress=PROGRESS.value and rt.is_main)
     if rt.process_count > 1:
         metrics = merge.gather_and_merge(OUTPUT_DIR.value, metrics,
@@ -159,4 +177,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

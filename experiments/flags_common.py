@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from absl import app, flags
 
+from d2cache_jax.cli import InputError
 from d2cache_jax.decoding import DECODERS
 from d2cache_jax.generation.options import CACHES, GenOptions, make_options
 
@@ -61,14 +63,85 @@ def generation_options(defaults: dict[str, Any] | None = None) -> dict[str, Any]
     return opts
 
 
-def checked_options(defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`generation_options`, validated; a bad combination is a usage error that names it."""
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+SEED_MAX = 2**32 - 1  # jax.random.key keeps 32 bits without jax_enable_x64: larger seeds would collide
+# option -> (type check, range check, what is allowed); None is allowed where the option's default is None.
+_POS_INT = (_integer, lambda v: v >= 1, "an integer >= 1")
+_RULES: dict[str, tuple[Any, Any, str]] = {
+    "gen_length": _POS_INT, "steps": _POS_INT, "num_transfer_tokens": _POS_INT, "block_length": _POS_INT,
+    "kp": _POS_INT, "kr": _POS_INT, "current_k": _POS_INT, "capacity": _POS_INT,
+    "top_k": (_integer, lambda v: v >= 0, "an integer >= 0"),
+    "inflate_w": (_integer, lambda v: v >= 0, "an integer >= 0"),
+    "seed": (_integer, lambda v: 0 <= v <= SEED_MAX, f"an integer in [0, {SEED_MAX}]"),
+    "threshold": (_number, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "top_p": (_number, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "rou": (_number, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "rollout_p": (_number, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "temperature": (_number, lambda v: v >= 0, "a finite number >= 0"),
+    "alg_temp": (_number, lambda v: v >= 0, "a finite number >= 0"),
+    "gamma": (_number, lambda v: v >= 0, "a finite number >= 0"),
+    "sigma": (_number, lambda v: v >= 0, "a finite number >= 0"),
+    "cfg_scale": (_number, lambda v: v >= 0, "a finite number >= 0"),
+    "factor": (_number, lambda v: v > 0, "a finite number > 0"),
+    "cache_sigma": (_number, lambda v: v > 0, "a finite number > 0"),
+}
+
+
+def _named(name: str, value: Any, source: str | None) -> str:
+    """How an option is named in an error: the flag the user set, or the field of the defaults' source."""
+    flag = next((f for f in _ALL if f.name == name), None)
+    if flag is not None and flag.present or source is None:
+        return f"--{name}={value}"
+    return f"{name}={value!r} in {source}"
+
+
+def check_values(opts: dict[str, Any], source: str | None = None) -> None:
+    """Every option's type and range (NaN and infinities are refused); InputError naming the flag, or
+    the field of `source` (where defaults not set by a flag came from), and what is allowed."""
+    for name, value in opts.items():
+        if name in _RULES and value is not None:
+            is_type, in_range, allowed = _RULES[name]
+            if not is_type(value) or not in_range(value):
+                raise InputError(f"{_named(name, value, source)}: must be {allowed}")
+        if name in _BOOLS and not isinstance(value, bool):
+            raise InputError(f"{_named(name, value, source)}: must be true or false")
+
+
+def checked_options(defaults: dict[str, Any] | None = None, source: str | None = None) -> dict[str, Any]:
+    """`generation_options`, validated; a bad value or combination is a usage error that names it.
+
+    `source` says where `defaults` came from (a file, or the task) for errors about values no flag set."""
     opts = generation_options(defaults)
+    check_values(opts, source)
     try:
         make_options(**opts)
     except ValueError as e:
-        raise app.UsageError(str(e)) from e
+        from_defaults = sorted(k for k in (defaults or {}) if not any(f.name == k and f.present for f in _ALL))
+        where = f" (with {', '.join(from_defaults)} from {source})" if source and from_defaults else ""
+        raise app.UsageError(f"{e}{where}") from e
     return opts
 
 
+def check_context(cfg: Any, opts: dict[str, Any], prompt_tokens: int, checkpoint: str) -> None:
+    """The longest prompt plus gen_length must fit the model's context; a usage error says the limit."""
+    gen_length = opts.get("gen_length", _D.gen_length)
+    room = cfg.max_seq_len - prompt_tokens
+    if prompt_tokens + gen_length <= cfg.max_seq_len:
+        return
+    if room < 1:
+        raise app.UsageError(f"the prompt has {prompt_tokens} tokens; the model's context ({checkpoint}) is "
+                             f"{cfg.max_seq_len} tokens, which leaves no room to generate")
+    flag = "--gen_length" if GEN_LENGTH.present else "gen_length (not set by --gen_length)"
+    raise app.UsageError(f"{flag}={gen_length} plus the prompt's {prompt_tokens} tokens exceeds the model's "
+                         f"context of {cfg.max_seq_len} tokens ({checkpoint}): use --gen_length <= {room}")
+
+
 FIELD_NAMES = {f.name for f in dataclasses.fields(GenOptions)}
+_BOOLS = ("stop_at_eos", "bf16_confidence", "upstream_compat")

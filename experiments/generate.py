@@ -6,12 +6,13 @@ sample prompt, so it needs no download.
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import app, flags
 
-from d2cache_jax import files
+from d2cache_jax import cli, files
+from d2cache_jax.cli import InputError
+from d2cache_jax.config import read_json
 from experiments import distributed, flags_common
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -27,14 +28,35 @@ OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write text, token ids an
 PROGRESS = flags.DEFINE_bool("progress", False, "Show a progress bar (runs the host loop).")
 
 
-def model_defaults(checkpoint: str) -> dict:
-    """Generation defaults a checkpoint ships in `d2cache_generation.json` (the tiny model does)."""
-    path = os.path.join(checkpoint, "d2cache_generation.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return {k: v for k, v in json.load(f).items() if k in flags_common.FIELD_NAMES}
-    return {}
+GENERATION_DEFAULTS = "d2cache_generation.json"
 
+
+def model_defaults(checkpoint: str) -> dict:
+    """Generation defaults a checkpoint ships in `d2cache_generation.json` (the tiny model does); a bad
+    file is an InputError naming it. Unknown keys are ignored; values are checked with the flags'."""
+    path = os.path.join(checkpoint, GENERATION_DEFAULTS)
+    if not os.path.exists(path):
+        return {}
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: must hold a JSON object of generation options, got a JSON {type(raw).__name__}")
+    out = {k: v for k, v in raw.items() if k in flags_common.FIELD_NAMES}
+    flags_common.check_values(out, path)
+    return out
+
+
+def check_output_path(path: str | None, flag: str = "--output_json") -> None:
+    """Refuse an output file that could not be written, before any work: a directory, or a place
+    whose nearest existing folder is not a writable directory."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise app.UsageError(f"{flag}={path} is a directory; give a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise app.UsageError(f"{flag}={path}: cannot write there ({parent} is not a writable directory)")
 
 
 def main(argv):
@@ -44,19 +66,30 @@ def main(argv):
         raise app.UsageError("--prompt is empty")
     if not os.path.isdir(CHECKPOINT.value):
         raise app.UsageError(f"--checkpoint directory not found: {CHECKPOINT.value}")
-    options = flags_common.checked_options(model_defaults(CHECKPOINT.value))
+    check_output_path(OUTPUT_JSON.value)
+    # Every file and value is checked before the params are loaded and anything is generated.
+    defaults, source = model_defaults(CHECKPOINT.value), os.path.join(CHECKPOINT.value, GENERATION_DEFAULTS)
+    flags_common.check_values(flags_common.generation_options(defaults), source)
+
+    import d2cache_jax
+    from d2cache_jax import checkpoint, sharding
+    from d2cache_jax import tokenizer as tok_lib
+
+    cfg = checkpoint.read_config(CHECKPOINT.value)
+    tok = tok_lib.load_tokenizer(CHECKPOINT.value)
+    if CHAT.value == "yes" and not tok_lib.has_chat_template(tok):
+        raise app.UsageError(f"--chat=yes but the tokenizer in {CHECKPOINT.value} has no chat template; "
+                             "use --chat=no (or auto)")
+    chat = CHAT.value == "yes" or (CHAT.value == "auto" and tok_lib.has_chat_template(tok))
+    ids = tok_lib.encode_prompts(tok, [PROMPT.value], chat=chat)
+    flags_common.check_context(cfg, flags_common.generation_options(defaults), max(len(i) for i in ids),
+                               CHECKPOINT.value)
+    options = flags_common.checked_options(defaults, source)
     if PROGRESS.value:
         options["loop"] = "host"
 
-    import d2cache_jax
-    from d2cache_jax import sharding
-    from d2cache_jax import tokenizer as tok_lib
-
     rt = distributed.setup()
     cfg, params = sharding.load(CHECKPOINT.value, rt.mesh)
-    tok = tok_lib.load_tokenizer(CHECKPOINT.value)
-    chat = CHAT.value == "yes" or (CHAT.value == "auto" and tok_lib.has_chat_template(tok))
-    ids = tok_lib.encode_prompts(tok, [PROMPT.value], chat=chat)
     distributed.check_memory(cfg, options, len(ids), max(len(i) for i in ids), rt.mesh)
     try:
         res = d2cache_jax.generate(cfg, params, ids, progress=PROGRESS.value and rt.is_main, mesh=rt.mesh,
@@ -77,4 +110,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

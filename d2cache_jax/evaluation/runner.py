@@ -71,25 +71,53 @@ def read_samples(path: str) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if lineno < len(lines) - 1:  # not the last line: the file is damaged, not just cut off
                 raise ValueError(f"{path}:{lineno}: damaged line in a samples file") from None
+            continue
+        index = record.get("index") if isinstance(record, dict) else None
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise ValueError(f"{path}:{lineno}: a samples record must be a JSON object with an integer "
+                             f"'index' >= 0, got {line[:80]!r}; move the file away to start over")
+        records.append(record)
     return records
 
 
-def _check_config(path: str, config: dict[str, Any]) -> None:
+def check_output_dir(output_dir: str, config: dict[str, Any] | None = None) -> None:
+    """Before any work: `output_dir` must be a writable folder (or creatable), its samples file
+    readable, and a run already there must have the same settings as `config` (when given)."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output_dir={output_dir} is not a directory")
+    parent = os.path.abspath(output_dir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir={output_dir}: cannot write there ({parent} is not a writable directory)")
+    if os.path.isdir(output_dir):
+        read_samples(os.path.join(output_dir, SAMPLES_FILE))
+        if config is not None:
+            _check_config(os.path.join(output_dir, CONFIG_FILE), config, write=False)
+
+
+def _check_config(path: str, config: dict[str, Any], write: bool = True) -> None:
     """Write the run's settings, or check that a resumed run has the same ones."""
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a readable JSON file ({e}); move it away to start over") from None
+        if not isinstance(old, dict):
+            raise ValueError(f"{path}: must hold a JSON object; move it away to start over")
         changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
         if changed:
             diffs = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in changed)
             raise ValueError(f"{os.path.dirname(path)} holds a run with other settings ({diffs}); "
                              "use another --output_dir")
         return
-    write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if write:
+        write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def make_record(item: EvalItem, completion: Completion, task: Task, options: ScoreOptions,
