@@ -382,12 +382,17 @@ def _missing_tools() -> list[str]:
     return [t for t in _TOOLS if not shutil.which(t, path="/usr/bin:/bin:/usr/sbin:/sbin")]
 
 
+def _as_root() -> bool:
+    """Whether the evaluator is root (then no user namespace is needed and the program gets a fresh uid)."""
+    return os.geteuid() == 0
+
+
 def _isolated_command(rootdir: str, indir: str, limits: SandboxLimits, argv: list[str]) -> list[str]:
     """unshare, the setup script, then the command without capabilities as an unprivileged user."""
     tools = {t: shutil.which(t, path="/usr/bin:/bin:/usr/sbin:/sbin") for t in _TOOLS}
     namespaces = ["--pid", "--fork", "--kill-child", "--net", "--mount", "--ipc", "--uts"]
     drop = ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
-    if os.geteuid() == 0:
+    if _as_root():
         uid = 1_000_000 + secrets.randbelow(1 << 30)  # a fresh user: its process count is this run's alone
         drop = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *drop]
     else:
@@ -426,6 +431,17 @@ def _world_readable(path: str) -> bool:
     return bool(os.stat(path).st_mode & 0o004)
 
 
+def _reachable(path: str) -> bool:
+    """Whether any user can read `path` and pass through its parent folders."""
+    if not _world_readable(path):
+        return False
+    while path != os.path.dirname(path):
+        path = os.path.dirname(path)
+        if not os.stat(path).st_mode & 0o001:
+            return False
+    return True
+
+
 @functools.cache
 def _unsafe_network_prefix() -> tuple[str, ...]:
     """`unshare -n` (or `-rn` for a non-root user) if it works here, for unprotected runs."""
@@ -441,7 +457,7 @@ def _unsafe_network_prefix() -> tuple[str, ...]:
 
 def _unsafe_drop_to() -> tuple[int, int] | None:
     """(uid, gid) of `nobody` for unprotected runs as root, when it can read Python's files."""
-    if os.geteuid() != 0 or not all(_world_readable(d) for d in _python_dirs()):
+    if os.geteuid() != 0 or not all(_reachable(d) for d in _python_dirs()):
         return None
     try:
         entry = pwd.getpwnam("nobody")
