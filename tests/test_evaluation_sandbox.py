@@ -9,8 +9,6 @@ import time
 import pytest
 
 from d2cache_jax.evaluation import sandbox
-from d2cache_jax.evaluation.tasks import humaneval
-from d2cache_jax.evaluation.tasks.base import ScoreOptions
 
 LIMITS = sandbox.SandboxLimits(timeout_s=5.0, memory_mb=512, max_processes=8)
 PROBLEM = sandbox.isolation_problem()
@@ -260,34 +258,3 @@ def test_solution_timeout_is_a_timeout():
     result = sandbox.check_solution("def square(x):\n    while True:\n        pass\n", SQUARE_TESTS,
                                     sandbox.SandboxLimits(timeout_s=2.0))
     assert result.status == "timeout" and not result.passed
-
-
-# Without isolation: refuse, unless asked to run unprotected.
-
-@pytest.fixture
-def no_isolation(monkeypatch):
-    monkeypatch.setattr(sandbox, "isolation_problem", lambda: "no namespaces here")
-
-
-def test_without_isolation_code_tasks_refuse(no_isolation):
-    doc = {"prompt": "def f():\n", "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"}
-    with pytest.raises(sandbox.IsolationUnavailable, match="--unsafe_code_exec"):
-        humaneval.TASK.score(doc, "    return 1\n", ScoreOptions(timeout_s=5.0))
-    with pytest.raises(sandbox.IsolationUnavailable, match="no namespaces here"):
-        run("print(1)\n")
-
-
-def test_unsafe_mode_still_judges_from_outside(no_isolation):
-    doc = {"prompt": "def f():\n", "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"}
-    options = ScoreOptions(timeout_s=5.0, unsafe=True)
-    assert humaneval.TASK.score(doc, "    return 1\n", options).correct
-    assert not humaneval.TASK.score(doc, "    import os\n    os._exit(0)\n", options).correct
-
-
-def test_probe_reports_missing_tools(monkeypatch):
-    sandbox.isolation_problem.cache_clear()
-    monkeypatch.setattr(sandbox, "_missing_tools", lambda: ["pivot_root"])
-    try:
-        assert "pivot_root" in sandbox.isolation_problem()
-    finally:
-        sandbox.isolation_problem.cache_clear()
