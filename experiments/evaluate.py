@@ -18,6 +18,7 @@ from absl import app, flags
 from d2cache_jax import cli
 from d2cache_jax.evaluation import data as data_lib
 from d2cache_jax.evaluation import defaults as defaults_lib
+from d2cache_jax.evaluation import sandbox
 from d2cache_jax.evaluation.runner import prepare_items, run_evaluation
 from d2cache_jax.evaluation.tasks import get_task, task_names
 from d2cache_jax.evaluation.tasks.base import ScoreOptions, Task
@@ -44,6 +45,9 @@ BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Prompts per generate call (s
 METHOD_NAME = flags.DEFINE_string("method_name", None, "Label of this run in reports (default: cache+decoder).")
 CODE_TIMEOUT = flags.DEFINE_float("code_timeout_s", 10.0, "Wall-time limit of one code test run.")
 CODE_MEMORY = flags.DEFINE_integer("code_memory_mb", 1024, "Memory limit of one code test run.")
+UNSAFE_CODE_EXEC = flags.DEFINE_bool("unsafe_code_exec", False,
+                                     "Run generated code even when the OS sandbox (namespaces) cannot be set up: "
+                                     "then it runs in plain processes with only rlimits and a Python guard.")
 PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar with running accuracy and tokens/s.")
 
 
@@ -61,7 +65,8 @@ def validate_flags() -> tuple[Task, tuple[int, int]]:
     if not CHECKPOINT.value or not os.path.isdir(CHECKPOINT.value):
         raise app.UsageError(f"--checkpoint must be a checkpoint directory, got {CHECKPOINT.value!r}")
     if DATA.value is None and task.needs_data:
-        raise app.UsageError(f"--data is required for task {task.name!r}")
+        hint = f" ({task.data_hint})" if task.data_hint else ""
+        raise app.UsageError(f"--data is required for task {task.name!r}{hint}")
     if DATA.value is not None and not os.path.exists(DATA.value):
         raise app.UsageError(f"--data path does not exist: {DATA.value}")
     for flag, low in ((LIMIT, 1), (BATCH_SIZE, 1), (NUM_FEWSHOT, 0)):
@@ -69,6 +74,11 @@ def validate_flags() -> tuple[Task, tuple[int, int]]:
             raise app.UsageError(f"--{flag.name} must be >= {low}, got {flag.value}")
     if CODE_TIMEOUT.value <= 0 or CODE_MEMORY.value < 64:
         raise app.UsageError("--code_timeout_s must be > 0 and --code_memory_mb >= 64")
+    if task.runs_code and not UNSAFE_CODE_EXEC.value:
+        try:
+            sandbox.require_isolation()
+        except sandbox.IsolationUnavailable as e:
+            raise app.UsageError(str(e)) from e
     return task, shard
 
 
@@ -138,7 +148,8 @@ def main(argv):
                   "fewshot_seed": FEWSHOT_SEED.value, "limit": LIMIT.value, "shard": list(shard),
                   "batch_size": BATCH_SIZE.value, "generation": options,
                   "method": METHOD_NAME.value or method_label(options),
-                  "code_limits": {"timeout_s": CODE_TIMEOUT.value, "memory_mb": CODE_MEMORY.value}}
+                  "code_limits": {"timeout_s": CODE_TIMEOUT.value, "memory_mb": CODE_MEMORY.value,
+                                  "unsafe": UNSAFE_CODE_EXEC.value}}
     try:
         runner.check_output_dir(OUTPUT_DIR.value)
     except ValueError as e:
@@ -163,7 +174,7 @@ def main(argv):
     flags_common.check_context(generator.config, generator.options, longest, CHECKPOINT.value)
     distributed.check_memory(generator.config, generator.options, BATCH_SIZE.value, longest, rt.mesh)
     metrics = run_evaluation(task, items, generator, part_dir, BATCH_SIZE.value,
-                             ScoreOptions(CODE_TIMEOUT.value, CODE_MEMORY.value), part_config,
+                             ScoreOptions(CODE_TIMEOUT.value, CODE_MEMORY.value, UNSAFE_CODE_EXEC.value), part_config,
                              progress=PROGRESS.value and rt.is_main)
     if rt.process_count > 1:
         metrics = merge.gather_and_merge(OUTPUT_DIR.value, metrics,

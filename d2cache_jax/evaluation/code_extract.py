@@ -2,13 +2,15 @@
 
 `sanitize` keeps what the entry point needs, as upstream's HumanEval filter does: the longest span of
 lines that parses, then the imports plus the classes, assignments and functions (those that return
-something) that the entry point reaches through the names they use.
+something) that the entry point reaches through the names they use; names the tests call (helpers
+defined in the prompt, such as HumanEval/50's `encode_shift`) are kept as well.
 """
 
 from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterable
 
 _FENCE = "```"
 _SPAN_SEARCH_LINES = 100  # the quadratic search for a parsable span looks at this many lines
@@ -86,8 +88,16 @@ def _source(lines: list[str], node: ast.stmt) -> str:
     return "\n".join(lines[start - 1:node.end_lineno])
 
 
-def sanitize(code: str, entry_point: str | None = None) -> str:
-    """Imports plus the definitions the entry point depends on (all definitions without an entry point)."""
+def names_read(code: str) -> set[str]:
+    """Every name `code` reads (empty if it does not parse)."""
+    try:
+        return _used_names(ast.parse(code))
+    except (SyntaxError, ValueError):
+        return set()
+
+
+def sanitize(code: str, entry_point: str | None = None, also_keep: Iterable[str] = ()) -> str:
+    """Imports plus what the entry point and `also_keep` (e.g. names the tests call) depend on."""
     code = longest_valid_span(code.replace("\r\n", "\n").replace("\t", "    "))
     if not code.strip():
         return ""
@@ -100,7 +110,7 @@ def sanitize(code: str, entry_point: str | None = None) -> str:
         for name in _defined_names(node):
             by_name.setdefault(name, []).append(node)
     if entry_point in by_name:
-        reached, todo = set(), [entry_point]
+        reached, todo = set(), [entry_point, *also_keep]
         while todo:
             name = todo.pop()
             if name in reached or name not in by_name:

@@ -23,6 +23,7 @@ class ScoreOptions:
 
     timeout_s: float = 10.0
     memory_mb: int = 1024
+    unsafe: bool = False  # run code without OS isolation when the sandbox cannot be set up
 
 
 class Task:
@@ -38,6 +39,8 @@ class Task:
     stop_words: tuple[str, ...] = ()  # lm-eval `until`
     gen_length: int = 512  # default generated tokens (ALGORITHMS.md §4.3)
     needs_data: bool = True  # False: `make_docs` generates the items (no --data)
+    data_hint: str = ""  # how to do without --data, for the error message
+    runs_code: bool = False  # scoring runs generated code (needs the sandbox)
 
     def doc_to_text(self, doc: dict[str, Any]) -> str:
         raise NotImplementedError

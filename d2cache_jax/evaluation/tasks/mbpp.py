@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from d2cache_jax.evaluation.code_extract import first_code_block
-from d2cache_jax.evaluation.sandbox import SandboxLimits, run_program
+from d2cache_jax.evaluation.sandbox import ProblemTests, SandboxLimits, check_solution
 from d2cache_jax.evaluation.tasks.base import Score, ScoreOptions, Task
 from d2cache_jax.evaluation.tasks.fewshot import load_fewshot
 
@@ -19,9 +19,14 @@ def build_solution(output: str) -> str:
 
 
 def build_test_program(doc: dict[str, Any], solution: str) -> str:
-    """Solution, optional setup code, then the assert lines."""
+    """Solution, optional setup code, then the assert lines (the upstream harness's single program)."""
     setup = doc.get("test_setup_code") or ""
     return f"{solution}\n{setup}\n" + "\n".join(doc["test_list"]) + "\n"
+
+
+def problem_tests(doc: dict[str, Any]) -> ProblemTests:
+    """The trusted side: the setup code, then the assert lines."""
+    return ProblemTests(tests="\n".join(doc["test_list"]) + "\n", prelude=(doc.get("test_setup_code") or "") + "\n")
 
 
 class Mbpp(Task):
@@ -31,6 +36,7 @@ class Mbpp(Task):
     target_delimiter = ""
     stop_words = ("[DONE]",)
     gen_length = 512
+    runs_code = True
 
     def doc_to_text(self, doc: dict[str, Any]) -> str:
         tests = "\n".join(doc["test_list"][:3])
@@ -45,8 +51,9 @@ class Mbpp(Task):
 
     def score(self, doc: dict[str, Any], output: str, options: ScoreOptions) -> Score:
         solution = build_solution(output)
-        result = run_program(build_test_program(doc, solution),
-                             SandboxLimits(timeout_s=options.timeout_s, memory_mb=options.memory_mb))
+        result = check_solution(solution, problem_tests(doc), SandboxLimits(timeout_s=options.timeout_s,
+                                                                        memory_mb=options.memory_mb),
+                                unsafe=options.unsafe)
         return Score(correct=result.passed, extracted=solution,
                      details={"status": result.status, "error": result.error_tail()})
 
