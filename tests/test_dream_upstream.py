@@ -8,6 +8,7 @@ static-shape cache code it checks.
 from __future__ import annotations
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,12 @@ import numpy as np
 import pytest
 
 from d2cache_jax import generate, model
+from d2cache_jax.cache import prefix
 from d2cache_jax.config import tiny_dream
+from d2cache_jax.generation.options import make_options
 from d2cache_jax.params import init_params
+
+gen_lib = importlib.import_module("d2cache_jax.generation.generate")  # the module, not the function
 
 G, BL = 16, 4
 PROMPT = [[5, 6, 7, 8, 9, 10, 11, 12]]  # one row, no padding: positions 0..T-1
@@ -87,8 +92,6 @@ def test_dream_prefix_dual_query_set_as_upstream(name):
     out = generate(cfg, params, PROMPT, cache=name, gen_length=G, block_length=BL, upstream_compat=True)
     np.testing.assert_array_equal(out.tokens[0], ref)
     # The default widens the set by one row, so it is a different (intended) computation.
-    from d2cache_jax.cache import prefix
-    from d2cache_jax.generation.options import make_options
     for compat, extra in ((True, 0), (False, 1)):
         opts = make_options(cache=name, gen_length=G, block_length=BL, upstream_compat=compat)
         caps = prefix.capacities(cfg, opts)
@@ -100,12 +103,6 @@ def test_dream_partial_pass_keeps_upstreams_stale_row(name):
     """One partial pass after two commits in the block (the last block token among them): logits and
     K/V equal the dense statement with upstream's shifted query rows, so row P+e-1 (dual) / T-1
     (prefix) keeps its block-start K/V."""
-    from d2cache_jax.cache import prefix
-    import importlib
-
-    gen_lib = importlib.import_module("d2cache_jax.generation.generate")
-    from d2cache_jax.generation.options import make_options
-
     cfg, params = setup()
     opts = make_options(cache=name, gen_length=G, block_length=BL, upstream_compat=True)
     fwd = jax.jit(functools.partial(prefix.forward, cfg, opts))
