@@ -10,7 +10,8 @@ attend over it; every other row stays frozen since the block's first step.
 Dream reads gen position j from row j-1, so its query rows start one row earlier, at s-1. Upstream
 shifts the whole set left by one, which leaves the block's last row (dual) or the canvas' last row
 (prefix) stale for the whole block (ALGORITHMS.md 5 #20); here the set is widened by one row
-instead, so those rows are recomputed too (capacity bl+1 resp. G+1).
+instead, so those rows are recomputed too (capacity bl+1 resp. G+1). `upstream_compat` keeps
+upstream's shifted set exactly: rows [P+s-1, P+e-1) (dual) or [P+s-1, T-1) (prefix).
 
 Static shapes: one `lax.switch` picks the full pass or a partial pass of fixed capacity, so one
 compiled step covers every step. Unused slots of a partial pass carry the index T (gather clamped,
@@ -35,9 +36,14 @@ if TYPE_CHECKING:
     from d2cache_jax.generation.state import GenState
 
 
+def extra_row(cfg: ModelConfig, opts: GenOptions) -> int:
+    """1 where Dream's query set is widened by the row past its shifted end (not under compat)."""
+    return 1 if cfg.shift_logits and not opts.upstream_compat else 0
+
+
 def capacities(cfg: ModelConfig, opts: GenOptions) -> list[int]:
     """Static row counts of the partial passes, ascending."""
-    shift = 1 if cfg.shift_logits else 0
+    shift = extra_row(cfg, opts)
     bl, nb = opts.block, opts.num_blocks
     if opts.cache == "dual":
         return [bl + shift]
@@ -50,7 +56,7 @@ def capacities(cfg: ModelConfig, opts: GenOptions) -> list[int]:
 
 def query_count(cfg: ModelConfig, opts: GenOptions, block: jax.Array) -> jax.Array:
     """Rows a partial pass recomputes in `block` (before padding to a capacity)."""
-    shift = 1 if cfg.shift_logits else 0
+    shift = extra_row(cfg, opts)
     if opts.cache == "dual":
         return jnp.int32(opts.block + shift)
     return (opts.num_blocks - block) * opts.block + shift
