@@ -35,7 +35,7 @@ INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "vocab.txt", "tokenizer.model", "added_tokens.json", "chat_template.json",
-                   "chat_template.jinja", "generation_config.json")
+                   "chat_template.jinja", "generation_config.json", "d2cache_generation.json")
 
 
 class Source(NamedTuple):
@@ -159,7 +159,7 @@ def read_ours(f, info: TensorInfo, e: Entry, dt: np.dtype, path: str = "?",
 
 
 def tokenizer_files(hf_dir: str) -> list[str]:
-    """Tokenizer, chat template and generation config files present in `hf_dir`."""
+    """Tokenizer, chat template, generation config and generation defaults files present in `hf_dir`."""
     names = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
     names += [os.path.basename(p) for p in sorted(glob.glob(os.path.join(hf_dir, "*.jinja")))
               if os.path.basename(p) not in names]

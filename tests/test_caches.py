@@ -289,10 +289,13 @@ def dllm_dense(cfg, params, tokens, positions, key_mask, cache, kind, k):
     return model.head(params, cfg, x[:, p - shift:t - shift]), out
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_dllm_steps_match_dense_reference(family):
+@pytest.mark.parametrize("family,rou", [("llada", 0.25), ("dream", 0.25), ("llada", 0.05)])
+def test_dllm_steps_match_dense_reference(family, rou):
+    """Every step kind against the dense statement; rou = 0.05 (int(G * rou) = 0 rows) still overwrites
+    the response V at adaptive steps, as upstream does."""
     cfg, params = setup(family)
-    opts = make_options(cache="dllm", gen_length=G, kp=3, kr=2, rou=0.25)
+    opts = make_options(cache="dllm", gen_length=G, kp=3, kr=2, rou=rou)
+    kad = int(G * rou)
     assert dllm.step_kinds(opts) == [dllm.FULL, dllm.RESPONSE, dllm.PROMPT_ADAPTIVE, dllm.ADAPTIVE]
     fwd = jit_forward(cfg, opts)
     state = gen_lib.prepare(cfg, PROMPTS, opts)
@@ -306,13 +309,13 @@ def test_dllm_steps_match_dense_reference(family):
         if n:  # commit 5 more positions before each later step (at least k=4 rows change)
             s = commit_some(cfg, s, order[:5 * n], seed=0)
         out = fwd(params, s)
-        ref, ref_cache = dllm_dense(cfg, params, s.tokens, s.positions, s.key_mask, ref_cache, kind, 4)
+        ref, ref_cache = dllm_dense(cfg, params, s.tokens, s.positions, s.key_mask, ref_cache, kind, kad)
         assert rel_err(out.logits, ref) <= TOL, (n, kind)
         np.testing.assert_array_equal(out.gen_idx, np.broadcast_to(np.arange(G), (2, G)))
         for got, want in zip(out.cache, ref_cache):
             for a, w in zip(got, want):
                 assert rel_err(a, w) <= TOL, (n, kind)
-        share = {dllm.FULL: t, dllm.RESPONSE: G, dllm.PROMPT_ADAPTIVE: t - G + 4, dllm.ADAPTIVE: 4}[kind] / t
+        share = {dllm.FULL: t, dllm.RESPONSE: G, dllm.PROMPT_ADAPTIVE: t - G + kad, dllm.ADAPTIVE: kad}[kind] / t
         assert float(out.rows) == pytest.approx((1 + (cfg.n_layers - 1) * share) / cfg.n_layers)
         state = s.replace(cache=out.cache)
     # With no token change, an adaptive step reproduces the exact logits (the cache is fresh).

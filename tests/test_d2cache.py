@@ -357,7 +357,7 @@ def after_step_case(family, compat, gen_decoded, transfer, importance, conf_new,
     masked_before = (gen == cfg.mask_token_id) | transfer
     info = StepInfo(transfer=jnp.asarray(transfer[None]), conf=jnp.asarray(conf_new[None], jnp.float32),
                     valid=jnp.ones((1, g), bool), block_mask=jnp.ones((1, g), bool),
-                    eligible=jnp.asarray(masked_before[None]))
+                    eligible=jnp.asarray(masked_before[None]), active=jnp.ones((1,), bool))
     out = d2cache.after_step(cfg, opts, state, info)
     rows = np.asarray(out.q_idx[0])
     return out, set(rows[rows < t].tolist())

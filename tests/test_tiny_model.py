@@ -177,3 +177,18 @@ def test_shipped_model_accuracy_generate():
     texts = [task.decode(t) for t in res.tokens]
     acc = np.mean([task.check(it, t) for it, t in zip(items, texts)])
     assert acc >= ACC_FLOOR, acc
+
+
+def test_converted_tiny_model_keeps_its_generation_defaults(tmp_path):
+    """The converter carries `d2cache_generation.json` along, so the converted model generates with the
+    same defaults as the Hugging Face folder it came from."""
+    from checkpoints_convert.convert import convert
+
+    out = str(tmp_path / "converted")
+    convert(ASSET, out, "llada")
+    name = "d2cache_generation.json"
+    with open(os.path.join(ASSET, name)) as f:
+        shipped = json.load(f)
+    assert shipped, "the shipped model has generation defaults"
+    with open(os.path.join(out, name)) as f:
+        assert json.load(f) == shipped

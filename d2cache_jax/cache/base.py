@@ -30,6 +30,7 @@ class StepInfo(NamedTuple):
     valid: jax.Array  # [B, G] bool: gen positions whose logits were computed this step
     block_mask: jax.Array  # [B, G] bool: the current block (as the loop saw it this step)
     eligible: jax.Array  # [B, G] bool: what the decoder could choose from
+    active: jax.Array  # [B] bool: rows that had something to commit this step (`active_rows`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +48,40 @@ class CacheMethod:
     is_first: Callable[..., Any] | None = None
 
 
+def before_first_stop(cfg: ModelConfig, gen: jax.Array) -> jax.Array:
+    """[B, G] bool: positions strictly before the first committed stop token (all True if none)."""
+    is_stop = jnp.isin(gen, jnp.asarray(cfg.stop_token_ids))
+    first = jnp.where(is_stop.any(-1), jnp.argmax(is_stop, -1), gen.shape[-1])
+    return jnp.arange(gen.shape[-1]) < first[:, None]
+
+
+def active_rows(cfg: ModelConfig, opts, tokens: jax.Array, block: jax.Array, done: jax.Array) -> jax.Array:
+    """[B] bool: rows that can commit something in `block` (a masked position there, before the first
+    stop token when stopping at EOS). Upstream feeds only these rows to the model."""
+    g = opts.gen_length
+    gen = tokens[:, -g:]
+    todo = (gen == cfg.mask_token_id) & ((jnp.arange(g) // opts.block) == block)
+    if opts.stop_at_eos:
+        todo &= before_first_stop(cfg, gen)
+    return todo.any(-1) & ~done
+
+
 def gen_rows(cfg: ModelConfig, prompt_len: int, gen_length: int) -> jax.Array:
     """Sequence rows whose hidden states predict the gen positions (Dream reads row j-1 for j)."""
     return jnp.arange(gen_length) + prompt_len - (1 if cfg.shift_logits else 0)
+
+
+def block_logits(cfg: ModelConfig, opts, params, hidden: jax.Array, block: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Logits for the current block's gen positions only, the only ones a decoder may commit
+    (hidden [B, T, d] -> logits [B, bl, V], gen_idx [B, bl]); the head is the costly part of a row."""
+    from d2cache_jax.model import head
+
+    bl, g = opts.block, opts.gen_length
+    p = hidden.shape[1] - g
+    start = jnp.minimum(block, opts.num_blocks - 1) * bl
+    rows = jax.lax.dynamic_slice_in_dim(hidden, p - (1 if cfg.shift_logits else 0) + start, bl, axis=1)
+    gen_idx = jnp.broadcast_to(start + jnp.arange(bl, dtype=jnp.int32), (hidden.shape[0], bl))
+    return head(params, cfg, rows), gen_idx
 
 
 def rows_to_gen(cfg: ModelConfig, rows: jax.Array, prompt_len: int, gen_length: int) -> jax.Array:

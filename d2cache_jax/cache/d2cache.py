@@ -27,14 +27,16 @@ After each step (`after_step`) the next selection is built:
 
 Static capacity Q (`budgets`): the selection is packed into Q slots by priority, stage 1 (with
 Dream's shifted rows) > committed > stage 2 > inflation > top-up; rows beyond Q are dropped and
-counted in `overflow`. Of the Q rows only H get logits (the output head and the proposal are
-costly): those predicting still-masked positions, best stage-1 score first; a masked position
-recomputed beyond H is not decodable that step and also counts as overflow. The rollout and
-importance are float32 (upstream: bf16) in both modes.
+counted in `overflow`. Q covers the most the rules can choose, inflation included, so the defaults
+never overflow. Rows that predict a gen position get logits (H = min(Q, G) of them; prompt rows
+need none). The rollout and importance follow the model's dtype only in upstream (bf16 for a bf16
+model); here they are float32 in both modes.
 
-Not reproduced from upstream: rows idle in a block while batch mates still work are recomputed
-anyway (upstream skips inactive rows); stage 1 never fills its top-k with masked positions outside
-the window (upstream's top-k over -inf ties can, only when the window holds fewer than k).
+Rows with nothing to commit in a step (done, or idle in their block while batch mates still work)
+recompute nothing and keep their cache state, as upstream skips inactive rows, so a row's tokens do
+not depend on its batch mates. Not reproduced from upstream: stage 1 never fills its top-k with
+masked positions outside the window (upstream's top-k over -inf ties can, only when the window
+holds fewer than k).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import jax.numpy as jnp
 from d2cache_jax import model
 from d2cache_jax.cache import rollout
 from d2cache_jax.cache import select_rules as rules
-from d2cache_jax.cache.base import CacheMethod, ForwardOut, StepInfo, empty_kv, gen_rows, rows_to_gen
+from d2cache_jax.cache.base import CacheMethod, ForwardOut, StepInfo, active_rows, empty_kv, gen_rows, rows_to_gen
 
 PARALLEL_DECODERS = ("threshold", "factor", "eb", "dream", "origin")
 N_BUCKETS, BUCKET_GAP = 3, 12  # compiled sizes of the partial step (see `row_buckets`)
@@ -158,6 +160,11 @@ def forward(cfg, opts, params, state, phase: str | None = None) -> ForwardOut:
     h_max = budgets(opts, t)[1]
     r = {"first": g, "later": h_max}.get(phase, max(g, h_max))
     dt = c.kv[0].k.dtype
+    # Rows with nothing to commit this step (done, or idle in the block while batch mates work)
+    # recompute nothing and keep their selection, as upstream skips inactive rows: a row's result
+    # does not depend on its batch mates.
+    active = active_rows(cfg, opts, state.tokens, state.block, state.done)
+    q_all = jnp.where(active[:, None], c.q_idx, t)
 
     def full(_):
         out = model.forward_rows(cfg, params, state.tokens, state.positions, state.key_mask, need_weights=True)
@@ -169,7 +176,7 @@ def forward(cfg, opts, params, state, phase: str | None = None) -> ForwardOut:
         return (*_pad_rows(logits, gen_idx, r, g), kv, imp, jnp.int32(0))
 
     def partial(q, _):
-        q_idx = c.q_idx[:, :q]  # ascending, unused slots (T) last: the first q hold the selection
+        q_idx = q_all[:, :q]  # ascending, unused slots (T) last: the first q hold the selection
         out = model.forward_rows(cfg, params, state.tokens, state.positions, state.key_mask,
                                  q_idx=q_idx, kv=c.kv, need_weights=True)
         h = min(q, h_max)
@@ -179,11 +186,11 @@ def forward(cfg, opts, params, state, phase: str | None = None) -> ForwardOut:
         else:
             hidden, gen_idx, dropped = out.hidden, rows_to_gen(cfg, q_idx, p, g).astype(jnp.int32), 0
         logits = model.head(params, cfg, hidden)
-        imp = rollout.rollout_importance(out.attn, q_idx, t)
+        imp = jnp.where(active[:, None], rollout.rollout_importance(out.attn, q_idx, t), c.importance)
         return (*_pad_rows(logits, gen_idx, r, g), out.kv, imp, c.overflow + dropped)
 
     sizes = row_buckets(opts, t)
-    count = (c.q_idx < t).sum(-1)
+    count = (q_all < t).sum(-1)
     bucket = jnp.searchsorted(jnp.asarray(sizes), count.max())
     branches = [functools.partial(partial, q) for q in sizes]
     if phase == "first":
@@ -244,7 +251,7 @@ def after_step(cfg, opts, state, info: StepInfo) -> D2State:
     want = rules.inflate(chosen, opts.inflate_w) & allowed
     topped, top_score = want, jnp.zeros((b, t), jnp.float32)
     if compat:
-        active = ~state.done
+        active = active_rows(cfg, opts, state.tokens, state.block, state.done)  # next step's active rows
         top_score = jnp.where(want | ~allowed, -jnp.inf, c.importance)
         top_score = top_score + rules.gen_to_rows(jnp.max(top_score) + scores, p, 0, 0.0)
         target = jnp.max(jnp.where(active, want.sum(-1), 0))
@@ -254,8 +261,11 @@ def after_step(cfg, opts, state, info: StepInfo) -> D2State:
     within = jnp.select([s1_rows, nuc, topped & ~want],
                         [rules.gen_to_rows(scores, p, shift, 0.0), c.importance, top_score], 0.0)
     q_idx, dropped = rules.pack_rows(tier, within, c.q_idx.shape[1])
-    return c._replace(conf=conf, q_idx=q_idx, density=scores, started=jnp.ones((), bool),
-                      overflow=dropped.sum().astype(jnp.int32))
+    # Rows that were inactive this step keep what they had (upstream updates active rows only).
+    was_active = info.active | ~c.started
+    keep = lambda new, old: jnp.where(was_active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)  # noqa: E731
+    return c._replace(conf=keep(conf, c.conf), q_idx=keep(q_idx, c.q_idx), density=keep(scores, c.density),
+                      started=jnp.ones((), bool), overflow=(dropped * was_active).sum().astype(jnp.int32))
 
 
 METHOD = CacheMethod(init=init, forward=forward, after_step=after_step, is_first=is_first)

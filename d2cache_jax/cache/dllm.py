@@ -13,7 +13,7 @@ original dLLM-Cache does so is unsure): kept for parity.
 
 Static shapes: the step kind (full, response, prompt + adaptive, adaptive) is a `lax.switch` over
 branches with fixed row counts (P+G, G, P+k, k); only the kinds that kp and kr can produce are
-compiled. Logits come out for every gen position at every step.
+compiled. Logits come out for the current block's positions, the only ones that can be decoded.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from d2cache_jax import model
-from d2cache_jax.cache.base import CacheMethod, ForwardOut
+from d2cache_jax.cache.base import CacheMethod, ForwardOut, block_logits
 from d2cache_jax.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -117,8 +117,10 @@ def v_verify(cfg: ModelConfig, lp: dict, x: jax.Array, lc: DllmLayer, p: int,
     v_new = jnp.einsum("bsd,dnh->bsnh", h, lp["wv"])
     if cfg.qkv_bias:
         v_new = v_new + lp["bv"]
-    sel = lowest_k(v_similarity(v_new, lc.v[:, p:]), k)
-    return p + sel, lc.v.at[:, p:].set(v_new.astype(lc.v.dtype))
+    new_cache = lc.v.at[:, p:].set(v_new.astype(lc.v.dtype))
+    if k == 0:  # rou > 0 but int(G * rou) == 0: upstream still overwrites the response V
+        return jnp.zeros((x.shape[0], 0), jnp.int32), new_cache
+    return p + lowest_k(v_similarity(v_new, lc.v[:, p:]), k), new_cache
 
 
 def run_layers(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState, x: jax.Array,
@@ -136,7 +138,7 @@ def run_layers(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState
             idx = None
         elif kind == RESPONSE:
             idx = jnp.broadcast_to(p + jnp.arange(g, dtype=jnp.int32), (b, g))
-        elif kad == 0:  # rou = 0: no V-verify; only the prompt rows when it is refreshed
+        elif opts.rou == 0:  # no V-verify; only the prompt rows when it is refreshed
             idx = prompt if kind == PROMPT_ADAPTIVE else jnp.zeros((b, 0), jnp.int32)
         else:
             idx, v_cache = v_verify(cfg, lp, x, lc, p, kad)
@@ -176,9 +178,7 @@ def forward(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState) -
         return run
 
     x, rest, rows = jax.lax.switch(table[kind], [branch(c) for c in kinds], x, state.cache)
-    shift = 1 if cfg.shift_logits else 0
-    logits = model.head(params, cfg, x[:, p - shift:t - shift])
-    gen_idx = jnp.broadcast_to(jnp.arange(g, dtype=jnp.int32), (b, g))
+    logits, gen_idx = block_logits(cfg, opts, params, x, state.block)
     return ForwardOut(logits, gen_idx, [first] + rest, rows, jnp.int32(0))
 
 

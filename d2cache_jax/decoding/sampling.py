@@ -41,8 +41,10 @@ def top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:
 
 def propose(logits: jax.Array, rng: jax.Array, *, mask_id: int, temperature: float = 0.0,
             top_p: float | None = None, top_k: int | None = None, alg: str = "maskgit_plus",
-            bf16_confidence: bool = False, gumbel: bool = False, need_entropy: bool = True) -> Proposal:
-    """Propose a token per row of fp32 logits [..., V]; the mask id is never proposed.
+            bf16_confidence: bool = False, gumbel: bool = False, need_entropy: bool = True,
+            exclude_mask: bool = True) -> Proposal:
+    """Propose a token per row of fp32 logits [..., V]; the mask id is never proposed (unless
+    `exclude_mask=False`, as upstream: it then stays in the softmax, the nucleus and the arg-max).
 
     Order as upstream: temperature, top-p, top-k, softmax, sample or arg-max, then `alg` decides
     the confidence. `gumbel=True` samples as LLaDA's reference does (Gumbel-max; float64 when
@@ -52,7 +54,9 @@ def propose(logits: jax.Array, rng: jax.Array, *, mask_id: int, temperature: flo
     """
     if alg not in CONFIDENCE_KINDS:
         raise ValueError(f"unknown confidence alg {alg!r}; known: {', '.join(CONFIDENCE_KINDS)}")
-    logits = logits.astype(F32).at[..., mask_id].set(NEG)
+    logits = logits.astype(F32)
+    if exclude_mask:
+        logits = logits.at[..., mask_id].set(NEG)
     if temperature > 0:
         logits = logits / temperature
     if top_p is not None and top_p < 1.0:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from d2cache_jax.generation.options import family_defaults
+
 # dLLM-Cache (kp, kr) per task and model; anything not listed uses (50, 4).
 DLLM_KP_KR = {
     "gsm8k": {"llada-base": (25, 5), "llada-inst": (50, 7), "dream-base": (100, 8), "dream-inst": (25, 2)},
@@ -38,8 +40,7 @@ def generation_defaults(task: str, task_gen_length: int, family: str, instruct: 
     if gen % block:
         block = gen
     out: dict[str, Any] = {"gen_length": gen, "block_length": block, "temperature": 0.0}
-    if family == "dream":
-        out["top_p"] = 0.9
+    out.update(family_defaults(family))
     if cache == "dllm":
         per_task = DLLM_KP_KR.get(task.removesuffix("_instruct"), {})  # humaneval_instruct: humaneval's
         out["kp"], out["kr"] = per_task.get(model_key(family, instruct), DLLM_DEFAULT_KP_KR)

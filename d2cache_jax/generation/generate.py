@@ -14,7 +14,7 @@ from d2cache_jax import sharding
 from d2cache_jax.cache import METHODS
 from d2cache_jax.config import ModelConfig
 from d2cache_jax.generation import step as step_lib
-from d2cache_jax.generation.options import GenOptions, make_options
+from d2cache_jax.generation.options import GenOptions, family_defaults, make_options
 from d2cache_jax.generation.state import GenState, init_state, pad_prompts
 
 
@@ -60,9 +60,10 @@ def generate(config: ModelConfig, params, prompt_ids, attention_mask=None, progr
     `prompt_ids`: a list of id lists (any lengths; left-padded here) or an int array [B, L].
     `mesh`: run sharded over a (data, model) mesh (`d2cache_jax.sharding`); the batch is padded with
     copies of the last prompt to a multiple of the data axis.
-    `options`: keyword arguments named like the flags of `experiments.generate` (see GenOptions).
+    `options`: keyword arguments named like the flags of `experiments.generate` (see GenOptions);
+    options not given take the model family's defaults (Dream: top_p 0.9), then GenOptions'.
     """
-    opts = make_options(**options)
+    opts = make_options(**{**family_defaults(config.family), **options})
     state = prepare(config, prompt_ids, opts, attention_mask, 1 if mesh is None else mesh.shape["data"])
     n_prompts = len(prompt_ids)
     if mesh is not None:

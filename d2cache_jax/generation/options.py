@@ -39,8 +39,8 @@ class GenOptions:
     seed: int = 0
     # caches
     cache: str = "none"
-    kp: int = 50
-    kr: int = 2
+    kp: int = 50  # dLLM-Cache's (kp, kr): upstream's default for settings its table does not list
+    kr: int = 4
     rou: float = 0.25
     rollout_p: float = 0.1
     current_k: int = 32
@@ -86,6 +86,16 @@ class GenOptions:
         if self.sigma is None:
             return 10.0 if self.cache == "d2cache" else 0.0
         return float(self.sigma)
+
+
+# Generation defaults of each model family, as upstream runs it (ALGORITHMS.md 4.3): Dream filters its
+# proposals with top-p 0.9, also at temperature 0 (its confidence is then renormalised over the nucleus).
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {"llada": {}, "dream": {"top_p": 0.9}}
+
+
+def family_defaults(family: str) -> dict[str, Any]:
+    """Options a model family generates with unless the caller sets them (`generate`, every script)."""
+    return dict(FAMILY_DEFAULTS.get(family, {}))
 
 
 def make_options(**kw: Any) -> GenOptions:

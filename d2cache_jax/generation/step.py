@@ -9,20 +9,13 @@ import jax
 import jax.numpy as jnp
 
 from d2cache_jax.cache import METHODS
-from d2cache_jax.cache.base import StepInfo
+from d2cache_jax.cache.base import StepInfo, active_rows, before_first_stop
 from d2cache_jax.config import ModelConfig
 from d2cache_jax.decoding import DECODERS, schedule
 from d2cache_jax.decoding.base import DecodeInputs
 from d2cache_jax.decoding.density import certainty_density
 from d2cache_jax.decoding.sampling import propose
 from d2cache_jax.generation.state import GenState
-
-
-def before_first_stop(cfg: ModelConfig, gen: jax.Array) -> jax.Array:
-    """[B, G] bool: positions strictly before the first committed stop token (all True if none)."""
-    is_stop = jnp.isin(gen, jnp.asarray(cfg.stop_token_ids))
-    first = jnp.where(is_stop.any(-1), jnp.argmax(is_stop, -1), gen.shape[-1])
-    return jnp.arange(gen.shape[-1]) < first[:, None]
 
 
 def scatter_to_gen(gen_idx: jax.Array, values: jax.Array, gen_length: int, fill) -> jax.Array:
@@ -40,7 +33,8 @@ def bf16_scores(cfg: ModelConfig, opts) -> bool:
 def propose_kw(cfg: ModelConfig, opts) -> dict:
     return dict(mask_id=cfg.mask_token_id, temperature=opts.temperature, top_p=opts.top_p,
                 top_k=opts.top_k, alg=opts.confidence_kind, bf16_confidence=bf16_scores(cfg, opts),
-                gumbel=opts.sampling == "gumbel", need_entropy=opts.decoder == "eb")
+                gumbel=opts.sampling == "gumbel", need_entropy=opts.decoder == "eb",
+                exclude_mask=not opts.upstream_compat)
 
 
 def step(cfg: ModelConfig, opts, params, state: GenState) -> GenState:
@@ -93,7 +87,8 @@ def _step(cfg: ModelConfig, opts, params, state: GenState, forward) -> GenState:
 
     new_gen = jnp.where(transfer, x0, gen)
     tokens = state.tokens.at[:, p:].set(new_gen)
-    commit_step = jnp.where(transfer, state.step, state.commit_step)
+    # Under upstream_compat a position may be "committed" to the mask id: a no-op, it stays masked.
+    commit_step = jnp.where(transfer & (x0 != cfg.mask_token_id), state.step, state.commit_step)
 
     # A block ends when no row has a masked position left in it (before its first EOS if stopping).
     new_masked = new_gen == cfg.mask_token_id
@@ -112,7 +107,8 @@ def _step(cfg: ModelConfig, opts, params, state: GenState, forward) -> GenState:
         step=state.step + 1, n_block_start=jnp.where(advance, n_next, state.n_block_start),
         done=done, rng=rng, rows_computed=state.rows_computed + fwd.rows,
         overflow=state.overflow + fwd.overflow, cache=fwd.cache)
-    info = StepInfo(transfer=transfer, conf=conf, valid=valid, block_mask=block_mask, eligible=eligible)
+    info = StepInfo(transfer=transfer, conf=conf, valid=valid, block_mask=block_mask, eligible=eligible,
+                    active=active_rows(cfg, opts, state.tokens, state.block, state.done))
     return new_state.replace(cache=method.after_step(cfg, opts, new_state, info))
 
 
