@@ -105,9 +105,9 @@ def _host_loop(compiled, params, state: GenState, opts: GenOptions, progress: bo
 
 def _result(cfg: ModelConfig, opts: GenOptions, state: GenState, wall_s: float, compile_s: float,
             n_prompts: int | None = None):
-    tokens, commit, steps, rows, overflow = sharding.to_host(
+    tokens, commit, steps, rows, selected, overflow = sharding.to_host(
         (state.tokens[:, -opts.gen_length:], state.commit_step, state.step, state.rows_computed,
-         state.overflow))
+         state.rows_selected, state.overflow))
     tokens, commit = tokens[:n_prompts], commit[:n_prompts]  # drop rows padded for the mesh
     tokens = np.asarray(tokens, np.int32).copy()
     lengths = first_stop(cfg, tokens)
@@ -131,7 +131,8 @@ def _result(cfg: ModelConfig, opts: GenOptions, state: GenState, wall_s: float, 
         wall_s=wall_s,
         compile_s=compile_s,
         tokens_per_s=float(lengths.sum()) / wall_s if wall_s > 0 else 0.0,
-        recompute_share=float(rows) / max(steps, 1),
+        recompute_share=float(rows) / max(steps, 1),  # rows run through the layers (padded slots too)
+        selected_share=float(selected) / max(steps, 1),  # rows the cache selected
         overflow_rows=int(overflow),
         cache=opts.cache,
         decoder=opts.decoder,
