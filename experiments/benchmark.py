@@ -119,7 +119,8 @@ def run_one(cfg, p, prompts, method: str, decoder: str, gen_length: int, repeats
                 tokens_per_s=n_tok / med, ms_per_step=1e3 * med / steps, ms_per_token=1e3 * med / n_tok,
                 forward_passes=runs[0].stats["forward_passes"], steps=steps,
                 tokens_per_step=n_tok / (steps * len(prompts)), recompute_share=runs[0].stats["recompute_share"],
-                overflow_rows=runs[0].stats["overflow_rows"], wall_s_median=med,
+                selected_share=runs[0].stats["selected_share"], overflow_rows=runs[0].stats["overflow_rows"],
+                wall_s_median=med,
                 wall_s_min=min(walls), wall_s_max=max(walls), compile_s=warm.stats["compile_s"],
                 peak_memory_bytes=peak_memory(),
                 options=opts)

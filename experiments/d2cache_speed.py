@@ -71,6 +71,7 @@ def main(argv):
         d2cache=dict(forward_passes=steps, ms_per_step=1e3 * d2_total / steps, tokens_per_s=GEN.value / d2_total,
                      ms_per_step_after_step0_median=1e3 * float(np.median(d2_times[1:])),
                      recompute_share=float(d2_state.rows_computed) / steps,
+                     selected_share=float(d2_state.rows_selected) / steps,
                      capacity_share=q / t, overflow_rows=int(d2_state.overflow)),
         none=dict(forward_passes=GEN.value, ms_per_step=none_ms, tokens_per_s=1e3 / none_ms,
                   sampled_steps=len(none_times)),

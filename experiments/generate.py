@@ -7,6 +7,7 @@ sample prompt, so it needs no download.
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags
 
@@ -104,6 +105,9 @@ def main(argv):
     print(f"[{s['cache']}/{s['decoder']}] {s['generated_tokens']} tokens, {s['steps']} steps, "
           f"{s['forward_passes']} forward passes, {s['tokens_per_step']:.2f} tok/step, "
           f"{s['tokens_per_s']:.1f} tok/s (run {s['wall_s']:.3f}s, compile {s['compile_s']:.1f}s)")
+    if s["masks_before_eos"][0]:
+        print(f"WARNING: generation stopped with {s['masks_before_eos'][0]} positions still masked before the "
+              "first EOS; they were output as EOS, so the text is cut short", file=sys.stderr)
     if OUTPUT_JSON.value:
         files.write_json_atomic(OUTPUT_JSON.value, dict(prompt=PROMPT.value, text=text,
                                                   tokens=res.tokens[0].tolist(), options=options, stats=s))

@@ -138,8 +138,9 @@ def test_block_first_steps_exact_later_steps_partial(monkeypatch, family, name):
             assert rec["rows"] == 1.0
         else:
             stale = max(stale, rel_err(rec["logits"], rec["ref"], rec["valid"]))
-            n_rows = bl + shift if name == "dual" else (G // bl - block) * bl + shift
-            assert rec["rows"] == pytest.approx(n_rows / t)
+            n_blocks = 1 if name == "dual" else G // bl - block
+            cap = min(k for k in (1, 2, 4) if k >= n_blocks) * bl + shift  # capacities of 1, 2, 4 blocks
+            assert rec["rows"] == pytest.approx(cap / t)  # padded slots run through the layers too
     assert stale > 1e-3  # the later steps really reuse frozen K/V
 
 

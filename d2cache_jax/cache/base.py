@@ -18,8 +18,9 @@ class ForwardOut(NamedTuple):
     logits: jax.Array  # [B, R, V] float32
     gen_idx: jax.Array  # [B, R] int32: the gen position each row predicts (G = unused slot)
     cache: Any
-    rows: jax.Array  # () float32: share of the T rows whose layers were recomputed this step
+    rows: jax.Array  # () float32: share of the T rows that went through the layers (padded slots included)
     overflow: jax.Array  # () int32: rows wanted beyond the capacity this step
+    selected: jax.Array | None = None  # () float32: share of the T rows the method asked for (None: = rows)
 
 
 class StepInfo(NamedTuple):

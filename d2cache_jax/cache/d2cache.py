@@ -200,8 +200,10 @@ def forward(cfg, opts, params, state, phase: str | None = None) -> ForwardOut:
     else:
         branch, branches = jnp.where(c.started, 1 + bucket, 0), [full] + branches
     logits, gen_idx, kv, imp, overflow = jax.lax.switch(branch, branches, None)
-    share = jnp.where(c.started, jnp.mean(count / t), 1.0).astype(jnp.float32)
-    return ForwardOut(logits, gen_idx, c._replace(kv=kv, importance=imp), share, overflow)
+    # Rows run: the bucket's size for every sequence (padded slots go through the layers too).
+    ran = jnp.where(c.started, jnp.asarray(sizes, jnp.float32)[bucket] / t, 1.0).astype(jnp.float32)
+    selected = jnp.where(c.started, jnp.mean(count / t), 1.0).astype(jnp.float32)
+    return ForwardOut(logits, gen_idx, c._replace(kv=kv, importance=imp), ran, overflow, selected)
 
 
 def is_first(state) -> jax.Array:

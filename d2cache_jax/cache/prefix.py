@@ -78,7 +78,7 @@ def forward(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState) -
     def full(kv):
         out = model.forward_rows(cfg, params, state.tokens, state.positions, state.key_mask)
         hid = jax.lax.dynamic_slice_in_dim(out.hidden, r0, bl, axis=1)
-        return model.head(params, cfg, hid), out.kv, jnp.float32(1.0)
+        return model.head(params, cfg, hid), out.kv, jnp.float32(1.0), jnp.float32(1.0)
 
     def partial(cap):
         def run(kv):
@@ -88,8 +88,9 @@ def forward(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState) -
             q_idx = jnp.broadcast_to(idx, (b, cap))
             out = model.forward_rows(cfg, params, state.tokens, state.positions, state.key_mask,
                                      q_idx=q_idx, kv=kv)
-            rows = jnp.minimum(n, t - r0).astype(jnp.float32) / t
-            return model.head(params, cfg, out.hidden[:, :bl]), out.kv, rows
+            selected = jnp.minimum(n, t - r0).astype(jnp.float32) / t
+            # All `cap` slots go through the layers, the padded ones (index T) included.
+            return model.head(params, cfg, out.hidden[:, :bl]), out.kv, jnp.float32(cap / t), selected
         return run
 
     # With one-position blocks every step starts a block: the partial passes are never taken.
@@ -98,8 +99,8 @@ def forward(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState) -
     if caps:
         fit = jnp.searchsorted(jnp.asarray(caps, jnp.int32), query_count(cfg, opts, block))
         branch = jnp.where(state.block_step == 0, 0, 1 + fit)
-    logits, kv, rows = jax.lax.switch(branch, [full] + [partial(c) for c in caps], state.cache)
-    return ForwardOut(logits, gen_idx, kv, rows, jnp.int32(0))
+    logits, kv, rows, selected = jax.lax.switch(branch, [full] + [partial(c) for c in caps], state.cache)
+    return ForwardOut(logits, gen_idx, kv, rows, jnp.int32(0), selected)
 
 
 METHOD = CacheMethod(init=init, forward=forward)

@@ -48,31 +48,39 @@ def propose(logits: jax.Array, rng: jax.Array, *, mask_id: int, temperature: flo
 
     Order as upstream: temperature, top-p, top-k, softmax, sample or arg-max, then `alg` decides
     the confidence. `gumbel=True` samples as LLaDA's reference does (Gumbel-max; float64 when
-    jax_enable_x64 is on, float32 otherwise) instead of categorical sampling. Full probability
+    jax_enable_x64 is on, float32 otherwise) instead of categorical sampling; the token is drawn
+    from the tempered logits, but the confidence (and entropy) come from the untempered softmax
+    (ALGORITHMS.md 1.8), restricted to the tokens top-p/top-k kept. Full probability
     rows are only formed when a rule needs them (bf16 rounding, entropy): the step runs this over
     every computed row, so the common greedy path reads the logits twice, not six times.
     """
     if alg not in CONFIDENCE_KINDS:
         raise ValueError(f"unknown confidence alg {alg!r}; known: {', '.join(CONFIDENCE_KINDS)}")
-    logits = logits.astype(F32)
+    raw = logits = logits.astype(F32)
     if exclude_mask:
-        logits = logits.at[..., mask_id].set(NEG)
+        raw = logits = logits.at[..., mask_id].set(NEG)
     if temperature > 0:
         logits = logits / temperature
     if top_p is not None and top_p < 1.0:
         logits = top_p_filter(logits, top_p)
     if top_k is not None and top_k > 0:
         logits = top_k_filter(logits, top_k)
+    k_tok, k_conf = jax.random.split(rng)
+    gumbel_token = None
+    if temperature > 0 and gumbel:
+        wide = jnp.float64 if jax.config.jax_enable_x64 else F32
+        u = jax.random.uniform(k_tok, logits.shape, dtype=wide, minval=jnp.finfo(wide).tiny)
+        gumbel_token = jnp.argmax(logits.astype(wide) - jnp.log(-jnp.log(u)), axis=-1)
+        # Confidences from the untempered distribution, over the tokens the filters kept.
+        filtered = (top_p is not None and top_p < 1.0) or (top_k is not None and top_k > 0)
+        logits = jnp.where(logits == NEG, NEG, raw) if filtered else raw
     lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
     full = bf16_confidence or alg == "entropy" or need_entropy
     probs = jnp.exp(logits - lse) if full else None
     if bf16_confidence:
         probs = probs.astype(jnp.bfloat16).astype(F32)
-    k_tok, k_conf = jax.random.split(rng)
-    if temperature > 0 and gumbel:
-        wide = jnp.float64 if jax.config.jax_enable_x64 else F32
-        u = jax.random.uniform(k_tok, logits.shape, dtype=wide, minval=jnp.finfo(wide).tiny)
-        token = jnp.argmax(logits.astype(wide) - jnp.log(-jnp.log(u)), axis=-1)
+    if gumbel_token is not None:
+        token = gumbel_token
     elif temperature > 0:
         token = jax.random.categorical(k_tok, logits, axis=-1)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 from typing import Any
 
@@ -17,11 +18,18 @@ from d2cache_jax.generation import step as step_lib
 from d2cache_jax.generation.options import GenOptions, family_defaults, make_options
 from d2cache_jax.generation.state import GenState, init_state, pad_prompts
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass
 class GenerateResult:
-    tokens: np.ndarray  # [B, gen_length] int32 (after the first stop token: as decoded, or eos if never)
-    lengths: np.ndarray  # [B] int32: tokens before the first stop token
+    """Generated ids and stats. Positions still masked when the loop stopped (after the first EOS under
+    `stop_at_eos`, or anywhere after an early stop) are returned as eos; `stats["masked_left"]` counts
+    them per sequence and `stats["masks_before_eos"]` those before the first committed stop token
+    (upstream raises there; here a warning is logged)."""
+
+    tokens: np.ndarray  # [B, gen_length] int32 (positions never committed: eos)
+    lengths: np.ndarray  # [B] int32: committed tokens before the first committed stop token
     stats: dict[str, Any]
     commit_step: np.ndarray | None = None  # [B, gen_length] int32: step each position was committed, -1 never
 
@@ -106,14 +114,22 @@ def _host_loop(compiled, params, state: GenState, opts: GenOptions, progress: bo
 
 def _result(cfg: ModelConfig, opts: GenOptions, state: GenState, wall_s: float, compile_s: float,
             n_prompts: int | None = None):
-    tokens, commit, steps, rows, overflow = sharding.to_host(
+    tokens, commit, steps, rows, selected, overflow = sharding.to_host(
         (state.tokens[:, -opts.gen_length:], state.commit_step, state.step, state.rows_computed,
-         state.overflow))
+         state.rows_selected, state.overflow))
     tokens, commit = tokens[:n_prompts], commit[:n_prompts]  # drop rows padded for the mesh
     tokens = np.asarray(tokens, np.int32).copy()
     lengths = first_stop(cfg, tokens)
-    # Positions left masked after an early stop read as eos.
-    tokens[tokens == cfg.mask_token_id] = cfg.eos_token_id
+    masked = tokens == cfg.mask_token_id
+    masked_left = masked.sum(-1)
+    masks_before_eos = (masked & (np.arange(tokens.shape[1]) < lengths[:, None])).sum(-1)
+    if masks_before_eos.any():
+        bad = np.nonzero(masks_before_eos)[0]
+        log.warning("generation stopped with %d masked positions before the first EOS in %d of %d sequences "
+                    "(first: sequence %d, %d positions); they are returned as eos", int(masks_before_eos.sum()),
+                    len(bad), len(tokens), int(bad[0]), int(masks_before_eos[bad[0]]))
+    # Positions left masked (never committed) read as eos.
+    tokens[masked] = cfg.eos_token_id
     steps = int(steps)
     tps = []
     for r in range(tokens.shape[0]):
@@ -132,8 +148,12 @@ def _result(cfg: ModelConfig, opts: GenOptions, state: GenState, wall_s: float, 
         wall_s=wall_s,
         compile_s=compile_s,
         tokens_per_s=float(lengths.sum()) / wall_s if wall_s > 0 else 0.0,
-        recompute_share=float(rows) / max(steps, 1),
+        recompute_share=float(rows) / max(steps, 1),  # rows run through the layers (padded slots too)
+        selected_share=float(selected) / max(steps, 1),  # rows the cache selected
         overflow_rows=int(overflow),
+        masked_left=[int(x) for x in masked_left],  # positions never committed, per sequence
+        masked_left_total=int(masked_left.sum()),
+        masks_before_eos=[int(x) for x in masks_before_eos],  # of those, before the first stop token
         cache=opts.cache,
         decoder=opts.decoder,
     )

@@ -26,7 +26,8 @@ class GenState:
     done: jax.Array  # [B] bool
     rng: jax.Array
     cache: Any  # the cache method's pytree
-    rows_computed: jax.Array  # () float32: sum over steps of the share of rows recomputed
+    rows_computed: jax.Array  # () float32: sum over steps of the share of rows run through the layers
+    rows_selected: jax.Array  # () float32: sum over steps of the share of rows the cache selected
     overflow: jax.Array  # () int32: rows a selective cache wanted but could not fit in its capacity
 
 
@@ -74,4 +75,5 @@ def init_state(cfg: ModelConfig, opts, prompt_ids: np.ndarray, prompt_mask: np.n
         tokens=tokens, key_mask=key_mask, positions=positions_from_mask(key_mask),
         commit_step=jnp.full((b, g), -1, jnp.int32), block=zero(), block_step=zero(), step=zero(),
         n_block_start=jnp.full((b,), opts.block, jnp.int32), done=jnp.zeros((b,), bool), rng=rng,
-        cache=cache, rows_computed=jnp.zeros((), jnp.float32), overflow=zero())
+        cache=cache, rows_computed=jnp.zeros((), jnp.float32), rows_selected=jnp.zeros((), jnp.float32),
+        overflow=zero())

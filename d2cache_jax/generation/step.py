@@ -106,7 +106,8 @@ def _step(cfg: ModelConfig, opts, params, state: GenState, forward) -> GenState:
         block_step=jnp.where(advance, 0, state.block_step + 1),
         step=state.step + 1, n_block_start=jnp.where(advance, n_next, state.n_block_start),
         done=done, rng=rng, rows_computed=state.rows_computed + fwd.rows,
-        overflow=state.overflow + fwd.overflow, cache=fwd.cache)
+        overflow=state.overflow + fwd.overflow, cache=fwd.cache,
+        rows_selected=state.rows_selected + (fwd.rows if fwd.selected is None else fwd.selected))
     info = StepInfo(transfer=transfer, conf=conf, valid=valid, block_mask=block_mask, eligible=eligible,
                     active=active_rows(cfg, opts, state.tokens, state.block, state.done))
     return new_state.replace(cache=method.after_step(cfg, opts, new_state, info))
