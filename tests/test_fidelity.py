@@ -113,7 +113,7 @@ def test_semi_ar_batch_rows_are_independent(llada, name):
     refresh schedule counts the batch's steps, as upstream's does, so idle steps shift it."""
     cfg, p = llada
     prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [20, 21, 22, 23]]
-    kw = dict(cache=name, gen_length=16, block_length=8, decoder="threshold", threshold=0.05)
+    kw = dict(cache=name, gen_length=16, block_length=8, decoder="threshold", threshold=0.05, sigma=0)
     both = gen_lib.generate(cfg, p, prompts, **kw)
     steps = []
     for i, prompt in enumerate(prompts):
