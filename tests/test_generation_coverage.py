@@ -115,3 +115,130 @@ def test_device_loop_equals_host_loop(name):
     np.testing.assert_array_equal(host.tokens, dev.tokens)
     np.testing.assert_array_equal(host.commit_step, dev.commit_step)
     assert host.stats["steps"] == dev.stats["steps"]
+
+
+# --- parallel decoders and schedules on LLaDA (cache none), replayed step by step --------------------
+
+def np_factor(conf, f):
+    """Fast-dLLM factor rule (ALGORITHMS.md 2.3, intended: N when nothing violates)."""
+    s = np.sort(conf)[::-1]
+    for n in range(1, len(s) + 1):
+        if (n + 1) * (1 - s[n - 1]) >= f:
+            return n - 1
+    return len(s)
+
+
+def np_eb(conf, ent, gamma):
+    """EB sampler (2.5): largest confidence-sorted prefix with sum(H) - max(H) <= gamma."""
+    h = ent[np.argsort(-conf, kind="stable")]
+    return max(k for k in range(len(h) + 1) if k == 0 or h[:k].sum() - h[:k].max() <= gamma)
+
+
+def confidences(lg):
+    prob = np_softmax(lg)
+    p_max = prob.max(-1)
+    ent = -np.where(prob > 0, prob * np.log(np.where(prob > 0, prob, 1)), 0).sum(-1)
+    return p_max, ent
+
+
+@pytest.mark.parametrize("decoder,kw", [("factor", dict(factor=1.0)), ("eb", dict(gamma=0.3))])
+def test_parallel_decoder_counts(decoder, kw):
+    """Per step, per row: committed count = max(rule(confidences of the masked positions), 1) (the
+    LLaDA budget with steps = gen_length), the committed positions are the most confident ones and
+    their tokens the arg-max."""
+    cfg, p = setup("llada", SCALE)
+    res = run("llada", SCALE, tup(PROMPTS), decoder=decoder, **kw)
+    finished(cfg, res)
+    counts = []
+    for lg, masked, now in replay(cfg, p, PROMPTS, res):
+        argmax_ok(lg, res, now)
+        conf, ent = confidences(lg)
+        for b in range(len(PROMPTS)):
+            c, h = conf[b][masked[b]], ent[b][masked[b]]
+            if not len(c):
+                assert not now[b].any()
+                continue
+            k = np_factor(c, kw["factor"]) if decoder == "factor" else np_eb(c, h, kw["gamma"])
+            k = min(max(k, 1), len(c))
+            assert now[b].sum() == k
+            assert conf[b][now[b]].min() >= np.where(masked[b] & ~now[b], conf[b], -np.inf).max()
+            counts.append(k)
+    assert max(counts) > 1  # the rule really committed several tokens at once
+
+
+def test_num_transfer_tokens_schedule():
+    """upstream HEAD's schedule: min(num_transfer_tokens, masked left in the block) per step, the most
+    confident ones."""
+    cfg, p = setup("llada")
+    res = run("llada", 1.0, tup(PROMPTS), num_transfer_tokens=3, block_length=8)
+    finished(cfg, res)
+    blocks = np.arange(G) // 8
+    for lg, masked, now in replay(cfg, p, PROMPTS, res):
+        argmax_ok(lg, res, now)
+        conf = np_softmax(lg).max(-1)
+        block = min(blocks[masked.any(0)])  # the lowest block any row still has masked
+        for b in range(len(PROMPTS)):
+            left = masked[b] & (blocks == block)
+            assert now[b].sum() == min(3, left.sum()) and not (now[b] & ~left).any()
+            if now[b].any() and (left & ~now[b]).any():
+                assert conf[b][now[b]].min() >= conf[b][left & ~now[b]].max()
+    assert res.stats["steps"] == 2 * 3  # ceil(8/3) steps per block
+
+
+def test_random_remasking():
+    """remasking=random: one position per step, its token the arg-max, chosen at random (not the
+    low-confidence order)."""
+    cfg, p = setup("llada")
+    res = run("llada", 1.0, tup(PROMPTS), remasking="random", seed=5)
+    finished(cfg, res)
+    differs = 0
+    for lg, masked, now in replay(cfg, p, PROMPTS, res):
+        argmax_ok(lg, res, now)
+        assert (now.sum(-1) == 1).all()
+        conf = np.where(masked, np_softmax(lg).max(-1), -np.inf)
+        differs += int((now.argmax(-1) != conf.argmax(-1)).sum())
+    assert differs > G  # the low-confidence rule would give 0
+
+
+@pytest.mark.parametrize("sampling", ["categorical", "gumbel"])
+def test_temperature_top_k_sampling(sampling):
+    """temperature 1, top_k 3: every committed token is within the top 3 of its step's logits, and
+    sampling really happens (not always the arg-max)."""
+    cfg, p = setup("llada")
+    res = run("llada", 1.0, tup(PROMPTS), temperature=1.0, top_k=3, sampling=sampling, seed=1)
+    finished(cfg, res)
+    not_top1 = 0
+    for lg, _, now in replay(cfg, p, PROMPTS, res):
+        assert (now.sum(-1) == 1).all()
+        top3 = np.argsort(-lg, -1)[..., :3]
+        tok = res.tokens[now]
+        assert (top3[now] == tok[:, None]).any(-1).all()
+        not_top1 += int((top3[now][:, 0] != tok).sum())
+    assert not_top1 >= 5
+
+
+def test_classifier_free_guidance():
+    """cfg_scale s: each step's choice follows logits un + (s+1)(cond - un), un the canvas with every
+    prompt token masked; the guided choice differs from the unguided one somewhere."""
+    cfg, p = setup("llada")
+    s_cfg = 2.0
+    res = run("llada", 1.0, tup(PROMPTS), cfg_scale=s_cfg)
+    finished(cfg, res)
+    assert res.stats["forward_passes"] == 2 * res.stats["steps"]
+    differs = 0
+    for s in range(res.stats["steps"]):
+        x, km = canvas(cfg, PROMPTS, res.tokens, res.commit_step, s)
+        pl = x.shape[1] - G
+        xu = x.copy()
+        xu[:, :pl] = np.where(km[:, :pl], cfg.mask_token_id, x[:, :pl])
+        cond, un = gen_logits(cfg, p, x, km), gen_logits(cfg, p, xu, km)
+        with np.errstate(invalid="ignore"):
+            lg = un + (s_cfg + 1) * (cond - un)
+        lg[..., cfg.mask_token_id] = -np.inf
+        masked, now = x[:, pl:] == cfg.mask_token_id, res.commit_step == s
+        conf = np.where(masked, np_softmax(lg).max(-1), -np.inf)
+        np.testing.assert_array_equal(now, conf == conf.max(-1, keepdims=True))
+        argmax_ok(lg, res, now)
+        plain = np.where(masked, np_softmax(cond).max(-1), -np.inf)
+        differs += int((plain.argmax(-1) != conf.argmax(-1)).sum() + (cond.argmax(-1)[now] != res.tokens[now]).sum())
+    assert differs > 0
