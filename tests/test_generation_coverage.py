@@ -22,9 +22,9 @@ PROMPTS = [[5, 17, 33, 2, 91, 40, 7], [40, 41], [60, 61, 62, 63, 64]]  # lengths
 
 
 @functools.cache
-def setup(family, scale=1.0):
+def setup(family, scale=1.0, **cfg_kw):
     """Tiny model; `scale` multiplies the head so that confidences spread out (parallel decoders)."""
-    cfg = config.tiny_llada() if family == "llada" else config.tiny_dream()
+    cfg = config.tiny_llada(**cfg_kw) if family == "llada" else config.tiny_dream(**cfg_kw)
     p = params.init_params(cfg, jax.random.key(0 if family == "llada" else 1))
     return cfg, dict(p, lm_head=p["lm_head"] * scale)
 
@@ -53,12 +53,12 @@ def canvas(cfg, prompts, tokens, commit, s):
     return np.concatenate([ids, gen], 1), np.concatenate([km, np.ones_like(gen, bool)], 1)
 
 
-def gen_logits(cfg, p, x, km):
-    """Exact no-cache logits [B, G, V] (float64) predicting the gen positions; mask id excluded."""
+def gen_logits(cfg, p, x, km, g=G):
+    """Exact no-cache logits [B, g, V] (float64) predicting the gen positions; mask id excluded."""
     out = np.asarray(forward(cfg, p, x, km), np.float64)
-    pl = x.shape[1] - G
+    pl = x.shape[1] - g
     shift = 1 if cfg.shift_logits else 0
-    lg = out[:, pl - shift:pl - shift + G].copy()
+    lg = out[:, pl - shift:pl - shift + g].copy()
     lg[..., cfg.mask_token_id] = -np.inf
     return lg
 
@@ -242,3 +242,141 @@ def test_classifier_free_guidance():
         plain = np.where(masked, np_softmax(cond).max(-1), -np.inf)
         differs += int((plain.argmax(-1) != conf.argmax(-1)).sum() + (cond.argmax(-1)[now] != res.tokens[now]).sum())
     assert differs > 0
+
+
+# --- Dream's own sampler (ALGORITHMS.md 1.8) ---------------------------------------------------------
+
+DREAM_STEPS = 8
+
+
+def dream_n(m, i, steps, eps=1e-3):
+    """Dream `_sample`: n = int(num_masked * (1 - s/t)), t = ts[i], s = ts[i+1]; all on the last step."""
+    ts = np.linspace(1, eps, steps + 1)
+    return m if i == steps - 1 else int(m * (1 - ts[i + 1] / ts[i]))
+
+
+def dream_conf(lg, alg):
+    prob = np_softmax(lg)
+    if alg == "maskgit_plus":
+        return prob.max(-1)
+    if alg == "topk_margin":
+        top2 = np.sort(prob, -1)[..., ::-1][..., :2]
+        return top2[..., 0] - top2[..., 1]
+    return (prob * np.log(prob + 1e-10)).sum(-1)  # entropy: negative entropy
+
+
+def np_dream_sample(cfg, p, prompts, alg, steps):
+    """Dream's confidence samplers at temperature 0 and alg_temp 0, stated in NumPy (logits shifted)."""
+    ids, km = pad_prompts(cfg, prompts, G)
+    pl = ids.shape[1]
+    x = np.concatenate([ids, np.full((len(prompts), G), cfg.mask_token_id)], 1)
+    km = np.concatenate([km, np.ones((len(prompts), G), bool)], 1)
+    commit = np.full((len(prompts), G), -1)
+    for i in range(steps):
+        lg = gen_logits(cfg, p, x, km)
+        x0, conf = lg.argmax(-1), dream_conf(lg, alg)
+        for b in range(len(prompts)):
+            masked = x[b, pl:] == cfg.mask_token_id
+            n = dream_n(masked.sum(), i, steps)
+            idx = np.argsort(-np.where(masked, conf[b], -np.inf), kind="stable")[:n]
+            x[b, pl + idx] = x0[b, idx]
+            commit[b, idx] = i
+    return x[:, pl:], commit
+
+
+@pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy"])
+def test_dream_decoder_matches_numpy_sampler(alg):
+    cfg, p = setup("dream")
+    want, want_commit = np_dream_sample(cfg, p, PROMPTS[:2], alg, DREAM_STEPS)
+    res = run("dream", 1.0, tup(PROMPTS[:2]), decoder="dream", alg=alg, steps=DREAM_STEPS)
+    np.testing.assert_array_equal(res.commit_step, want_commit)
+    np.testing.assert_array_equal(res.tokens, want)
+    assert res.stats["steps"] == DREAM_STEPS
+
+
+def test_dream_decoder_alg_temp():
+    """alg_temp > 0: per step exactly Dream's n positions, tokens the arg-max, positions drawn at random
+    (not always the top-n by confidence)."""
+    cfg, p = setup("dream")
+    res = run("dream", 1.0, tup(PROMPTS), decoder="dream", alg="entropy", alg_temp=0.5, steps=DREAM_STEPS)
+    finished(cfg, res)
+    not_top = 0
+    for i, (lg, masked, now) in enumerate(replay(cfg, p, PROMPTS, res)):
+        argmax_ok(lg, res, now)
+        conf = np.where(masked, dream_conf(lg, "entropy"), -np.inf)
+        for b in range(len(PROMPTS)):
+            n = dream_n(masked[b].sum(), i, DREAM_STEPS)
+            assert now[b].sum() == n and not (now[b] & ~masked[b]).any()
+            not_top += int(now[b].sum() and conf[b][now[b]].min() < np.sort(conf[b])[::-1][n - 1])
+    assert res.stats["steps"] == DREAM_STEPS and not_top > 0
+
+
+def test_dream_origin_reveal_probability():
+    """origin: every masked position is revealed with probability 1 - s/t at each step (all on the last),
+    with the arg-max token. Counts over 8 rows x 16 positions against the binomial means (|z| < 4)."""
+    cfg, p = setup("dream")
+    steps = 4
+    prompts = [PROMPTS[0]] * 8
+    res = run("dream", 1.0, tup(prompts), decoder="origin", steps=steps, seed=2)
+    finished(cfg, res)
+    assert res.stats["steps"] == steps
+    ts = np.linspace(1, 1e-3, steps + 1)
+    dev, var = 0.0, 0.0
+    for i, (lg, masked, now) in enumerate(replay(cfg, p, prompts, res)):
+        argmax_ok(lg, res, now)
+        assert not (now & ~masked).any()
+        m = masked.sum()
+        if i == steps - 1:
+            assert now.sum() == m
+        else:
+            q = 1 - ts[i + 1] / ts[i]
+            dev += now.sum() - m * q
+            var += m * q * (1 - q)
+    assert abs(dev) / np.sqrt(var) < 4
+
+
+def test_dream_d2cache_defaults():
+    """Dream with d2Cache at default settings finishes (one token per step, 128 steps), and its first
+    step (a full pass) commits what the no-cache rule gives: arg-max of conf x certainty density (sigma 10)."""
+    cfg, p = setup("dream")
+    res = generate(cfg, p, PROMPTS[:2], cache="d2cache")
+    g = res.tokens.shape[1]
+    assert g == 128
+    finished(cfg, res)
+    assert res.stats["steps"] == g
+    np.testing.assert_array_equal(np.sort(res.commit_step, -1), np.broadcast_to(np.arange(g), (2, g)))
+    ids, km = pad_prompts(cfg, PROMPTS[:2], g)
+    x = np.concatenate([ids, np.full((2, g), cfg.mask_token_id)], 1)
+    lg = gen_logits(cfg, p, x, np.concatenate([km, np.ones((2, g), bool)], 1), g)
+    sigma, i = 10.0, np.arange(g)
+    z = np.exp(-np.arange(-3 * g, 3 * g) ** 2 / (2 * sigma**2)).sum()
+    density = np.exp(-(i[:, None] - np.arange(-g, 0)[None]) ** 2 / (2 * sigma**2)).sum(-1) / z  # prompt side only
+    first = (np_softmax(lg).max(-1) * density).argmax(-1)
+    np.testing.assert_array_equal(res.commit_step.argmin(-1), first)
+    np.testing.assert_array_equal(res.tokens[np.arange(2), first], lg.argmax(-1)[np.arange(2), first])
+
+
+# --- stop_at_eos with every cache --------------------------------------------------------------------
+
+EOS = 75  # a token the tiny LLaDA (key 0) writes mid-sequence after the prompt 60..64
+STOP_KW = {"none": dict(block_length=8), "prefix": dict(block_length=8), "dual": dict(block_length=8),
+           "dllm": dict(kp=3, kr=2), "d2cache": dict()}
+
+
+@pytest.mark.parametrize("name", list(STOP_KW))
+def test_stop_at_eos_every_cache(name):
+    """Nothing is committed after the first EOS committed at an earlier step, every position before the
+    final first EOS is committed, and the stop really skipped positions."""
+    cfg, p = setup("llada", eos_token_id=EOS)
+    prompts = [PROMPTS[2], PROMPTS[1]]
+    res = generate(cfg, p, prompts, gen_length=G, stop_at_eos=True, cache=name, **STOP_KW[name])
+    c, tok = res.commit_step, res.tokens
+    for b in range(len(prompts)):
+        for s in range(res.stats["steps"]):
+            before = (c[b] >= 0) & (c[b] < s) & (tok[b] == EOS)
+            if before.any():
+                assert not ((c[b] == s) & (np.arange(G) > before.argmax())).any(), (b, s, c[b], tok[b])
+        eos = (c[b] >= 0) & (tok[b] == EOS)
+        end = eos.argmax() if eos.any() else G
+        assert (c[b][:end] >= 0).all(), (b, c[b], tok[b])
+    assert (c < 0).any(), (c, tok)  # the stop left positions undecoded
