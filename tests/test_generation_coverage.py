@@ -85,7 +85,7 @@ def finished(cfg, res):
 
 CACHE_KW = {
     "none": dict(cache="none", block_length=8),
-    "prefix": dict(cache="prefix", block_length=8),
+    "prefix": dict(cache="prefix", block_length=16),
     "dual": dict(cache="dual", block_length=8, decoder="threshold", threshold=0.5),
     "dllm": dict(cache="dllm", kp=3, kr=2),
     "d2cache": dict(cache="d2cache"),
