@@ -36,7 +36,7 @@ CFG_SCALE = flags.DEFINE_float("cfg_scale", _D.cfg_scale, "Classifier-free guida
 STOP_AT_EOS = flags.DEFINE_bool("stop_at_eos", _D.stop_at_eos, "Stop decoding past the first EOS.")
 BF16_CONFIDENCE = flags.DEFINE_bool("bf16_confidence", _D.bf16_confidence, "Round probabilities to bf16.")
 UPSTREAM_COMPAT = flags.DEFINE_bool("upstream_compat", _D.upstream_compat,
-                                    "Reproduce upstream HEAD's d2Cache behaviour (bugs #1-#3).")
+                                    "Reproduce upstream HEAD (its bugs and numerics; README table).")
 SEED = flags.DEFINE_integer("seed", _D.seed, "Random seed.")
 CACHE = flags.DEFINE_enum("cache", _D.cache, list(CACHES), "Cache method.")
 KP = flags.DEFINE_integer("kp", _D.kp, "dLLM-Cache: prompt refresh interval.")
