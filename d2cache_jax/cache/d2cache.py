@@ -54,7 +54,7 @@ from d2cache_jax.cache import select_rules as rules
 from d2cache_jax.cache.base import CacheMethod, ForwardOut, StepInfo, active_rows, empty_kv, gen_rows, rows_to_gen
 
 PARALLEL_DECODERS = ("threshold", "factor", "eb", "dream", "origin")
-N_BUCKETS, BUCKET_GAP = 3, 12  # compiled sizes of the partial step (see `row_buckets`)
+N_BUCKETS, BUCKET_GAP = 5, 12  # compiled sizes of the partial step (see `row_buckets`)
 
 
 class D2State(NamedTuple):
@@ -99,12 +99,15 @@ def row_buckets(opts, total_len: int) -> tuple[int, ...]:
     """Compiled row counts for the partial step, ascending, the last = Q. Each step runs the smallest
     one holding its selection (`lax.switch`), so the cost follows the rows actually chosen instead of
     the worst-case Q: from stage 1 + committed + 2 inflate_w + 8 (room for a few stage-2 rows, what
-    trained models with attention sinks choose) up to Q in at most N_BUCKETS even steps, at least
-    BUCKET_GAP rows apart (each bucket is one more trace of the model to compile)."""
+    trained models with attention sinks choose) up to Q in at most N_BUCKETS steps of a constant
+    ratio (a selection pays at most that ratio over its own size), at least BUCKET_GAP rows apart
+    (each bucket is one more trace of the model to compile)."""
     q, _ = budgets(opts, total_len)
     lo = min(q, min(opts.current_k, opts.gen_length) + _commit_budget(opts) + 2 * opts.inflate_w + 8)
-    n = min(N_BUCKETS, 1 + (q - lo) // BUCKET_GAP)
-    return tuple(sorted({q - (q - lo) * i // max(n - 1, 1) for i in range(n)}))
+    n = max(min(N_BUCKETS, 1 + (q - lo) // BUCKET_GAP), 1)
+    ratio = (q / lo) ** (1.0 / max(n - 1, 1))
+    sizes = {lo, q} | {min(q, round(lo * ratio**i)) for i in range(1, n - 1)}
+    return tuple(sorted(sizes))
 
 
 def init(cfg, opts, batch: int, total_len: int) -> D2State:
