@@ -1,13 +1,17 @@
 """Without OS isolation, code tasks refuse to run unless `--unsafe_code_exec` asks for unprotected runs."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 
 from d2cache_jax.evaluation import sandbox
 from d2cache_jax.evaluation.tasks import humaneval
 from d2cache_jax.evaluation.tasks.base import ScoreOptions
-from experiments import evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -39,12 +43,26 @@ def test_probe_reports_missing_tools(monkeypatch):
         sandbox.isolation_problem.cache_clear()
 
 
-def test_evaluate_cli_refuses_code_tasks_without_isolation(no_isolation, tmp_path):
-    argv = ["evaluate", "--task=humaneval", f"--output_dir={tmp_path}", f"--checkpoint={tmp_path}",
-            f"--data={tmp_path}"]
-    with flagsaver.flagsaver():
+def test_evaluate_cli_refuses_code_tasks_without_isolation(tmp_path):
+    """The script's flag check, in its own process (its flags must not meet other scripts' flags)."""
+    script = textwrap.dedent(f"""
+        from absl import app, flags
+        from d2cache_jax.evaluation import sandbox
+        sandbox.isolation_problem = lambda: "no namespaces here"
+        from experiments import evaluate
+        argv = ["evaluate", "--task=humaneval", "--output_dir={tmp_path}", "--checkpoint={tmp_path}",
+                "--data={tmp_path}"]
         flags.FLAGS(argv)
-        with pytest.raises(evaluate.app.UsageError, match="sandbox unavailable: no namespaces here"):
+        try:
             evaluate.validate_flags()
+            print("accepted")
+        except app.UsageError as e:
+            print("refused:", e)
+        flags.FLAGS.unparse_flags()
         flags.FLAGS(argv + ["--unsafe_code_exec"])
-        assert evaluate.validate_flags()[0].name == "humaneval"
+        print("unsafe:", evaluate.validate_flags()[0].name)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "refused: code execution sandbox unavailable: no namespaces here" in out.stdout
+    assert "unsafe: humaneval" in out.stdout
