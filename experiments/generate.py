@@ -63,6 +63,7 @@ def check_output_path(path: str | None, flag: str = "--output_json") -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.enable_compilation_cache()
     if not PROMPT.value:
         raise app.UsageError("--prompt is empty")
     if not os.path.isdir(CHECKPOINT.value):
