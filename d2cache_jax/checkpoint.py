@@ -34,7 +34,7 @@ FORMAT = "d2cache-jax/converted-v1"
 MANIFEST = "manifest.json"
 MODEL_CONFIG = "model_config.json"
 DTYPES = ("bfloat16", "float32")
-# Orbax write settings (measured in experiments/convert_memory_check.py): plain zarr chunks of at
+# Orbax write settings (measured in tools/convert_memory_check.py): plain zarr chunks of at
 # most 16 MiB rather than OCDBT, which buffers a whole item until its commit; and host arrays written
 # in place, not deep-copied first (safe: each save is synchronous and nothing mutates the arrays).
 # A sharded restore then reads only the chunks its devices need.
@@ -273,7 +273,7 @@ def _load_converted(path: str, dtype: Any, shardings: Any) -> tuple[ModelConfig,
 
 
 def _load_hf(path: str, dtype: Any, shardings: Any) -> tuple[ModelConfig, dict]:
-    from checkpoints_convert.convert import inspect_hf, iter_params
+    from d2cache_jax.hf.reader import inspect_hf, iter_params
 
     src = inspect_hf(path, dtype=None if dtype is None else _dtype_name(dtype))
     params = _skeleton(src.cfg)

@@ -119,6 +119,7 @@ def method_label(options: dict) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.enable_compilation_cache()
     task, shard = validate_flags()
     num_fewshot = task.num_fewshot if NUM_FEWSHOT.value is None else NUM_FEWSHOT.value
     try:

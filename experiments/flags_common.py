@@ -47,11 +47,18 @@ CURRENT_K = flags.DEFINE_integer("current_k", _D.current_k, "d2Cache: masked row
 CACHE_SIGMA = flags.DEFINE_float("cache_sigma", _D.cache_sigma, "d2Cache: certainty density sigma (stage 1).")
 INFLATE_W = flags.DEFINE_integer("inflate_w", _D.inflate_w, "d2Cache: fill gaps up to this width.")
 CAPACITY = flags.DEFINE_integer("capacity", None, "Rows a selective cache recomputes per step (override).")
+PROMPT_BUCKET = flags.DEFINE_integer(
+    "prompt_bucket", None, f"Prompts are left-padded to multiples of this (default {_D.prompt_bucket}) that grow "
+                           "geometrically by --prompt_growth, so few shapes are compiled; 0 = no padding.")
+PROMPT_GROWTH = flags.DEFINE_float(
+    "prompt_growth", None, f"Growth of the padded prompt lengths (default {_D.prompt_growth}; 1 = every "
+                           "multiple of --prompt_bucket, more compiles and less padding).")
 LOOP = flags.DEFINE_enum("loop", _D.loop, ["device", "host"], "Step loop on device or host (progress bar).")
 
 _ALL = [GEN_LENGTH, STEPS, NUM_TRANSFER_TOKENS, BLOCK_LENGTH, DECODER, REMASKING, ALG, ALG_TEMP, TEMPERATURE,
         TOP_P, TOP_K, THRESHOLD, FACTOR, GAMMA, SIGMA, SAMPLING, CFG_SCALE, STOP_AT_EOS, BF16_CONFIDENCE,
-        UPSTREAM_COMPAT, SEED, CACHE, KP, KR, ROU, ROLLOUT_P, CURRENT_K, CACHE_SIGMA, INFLATE_W, CAPACITY, LOOP]
+        UPSTREAM_COMPAT, SEED, CACHE, KP, KR, ROU, ROLLOUT_P, CURRENT_K, CACHE_SIGMA, INFLATE_W, CAPACITY, LOOP,
+        PROMPT_BUCKET, PROMPT_GROWTH]
 
 
 def generation_options(defaults: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -79,6 +86,8 @@ _RULES: dict[str, tuple[Any, Any, str]] = {
     "kp": _POS_INT, "kr": _POS_INT, "current_k": _POS_INT, "capacity": _POS_INT,
     "top_k": (_integer, lambda v: v >= 0, "an integer >= 0"),
     "inflate_w": (_integer, lambda v: v >= 0, "an integer >= 0"),
+    "prompt_bucket": (_integer, lambda v: v >= 0, "an integer >= 0"),
+    "prompt_growth": (_number, lambda v: v >= 1, "a finite number >= 1"),
     "seed": (_integer, lambda v: 0 <= v <= SEED_MAX, f"an integer in [0, {SEED_MAX}]"),
     "threshold": (_number, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "top_p": (_number, lambda v: 0 < v <= 1, "a number in (0, 1]"),

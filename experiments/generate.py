@@ -16,8 +16,8 @@ from d2cache_jax.cli import InputError
 from d2cache_jax.config import read_json
 from experiments import distributed, flags_common
 
-DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  "d2cache_jax", "assets", "tiny_arith")
+# The tiny model ships inside the package (package data), so this holds in a checkout and when installed.
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(cli.__file__)), "assets", "tiny_arith")
 DEFAULT_PROMPT = "111111011101+101111110110="  # a held-out item of the tiny model's binary-addition task
 
 CHECKPOINT = flags.DEFINE_string("checkpoint", DEFAULT_CHECKPOINT,
@@ -63,6 +63,7 @@ def check_output_path(path: str | None, flag: str = "--output_json") -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.enable_compilation_cache()
     if not PROMPT.value:
         raise app.UsageError("--prompt is empty")
     if not os.path.isdir(CHECKPOINT.value):

@@ -26,9 +26,9 @@ from absl import app, flags, logging
 from tqdm import tqdm
 
 from d2cache_jax.config import ModelConfig, tiny_llada
+from d2cache_jax.evaluation.tasks import synthetic as task
 from d2cache_jax.model import forward_rows, head, positions_from_mask
 from d2cache_jax.params import init_params, num_params
-from d2cache_jax.tasks import synthetic as task
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/tiny_arith", "Run directory (orbax checkpoints, metrics).")
@@ -185,7 +185,7 @@ def evaluate(cfg: ModelConfig, params, n: int, seed: int = 0) -> dict[str, float
 
 def export(cfg: ModelConfig, params, out_dir: str, dtype: str) -> None:
     """Write params in the published LLaDA layout (+ config.json) and the tokenizer files."""
-    from checkpoints_convert.layout import export_hf
+    from d2cache_jax.hf.layout import export_hf
 
     export_hf(cfg, params, out_dir, "llada", num_shards=1, dtype=dtype)
     task.save_tokenizer(out_dir)

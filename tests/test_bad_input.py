@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from checkpoints_convert.convert import convert
-from checkpoints_convert.safetensors_io import CheckpointError, read_header
 from d2cache_jax import files
 from d2cache_jax.checkpoint import load
 from d2cache_jax.cli import InputError
 from d2cache_jax.config import ModelConfig, from_hf_config, tiny_dream, tiny_llada
 from d2cache_jax.evaluation.runner import read_samples
+from d2cache_jax.hf.safetensors_io import CheckpointError, read_header
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "d2cache_jax", "assets", "tiny_arith")

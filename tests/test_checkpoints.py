@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from checkpoints_convert import layout
 from checkpoints_convert.convert import convert
-from checkpoints_convert.safetensors_io import CheckpointError, read_header
 from d2cache_jax.checkpoint import load, save
 from d2cache_jax.config import tiny_dream, tiny_llada
+from d2cache_jax.hf import layout
+from d2cache_jax.hf.safetensors_io import CheckpointError, read_header
 from d2cache_jax.model import forward
 from tests import hf_fixtures as H
 
@@ -170,8 +170,8 @@ def test_export_hf_llada_loads_in_transformers(tmp_path):
 
 def test_blocked_transpose_matches_to_ours(hf_dir):
     """Reading Linear weights block by block (tiny blocks here) gives exactly `to_ours`."""
-    from checkpoints_convert.convert import inspect_hf, read_ours
-    from checkpoints_convert.safetensors_io import read_tensor
+    from d2cache_jax.hf.reader import inspect_hf, read_ours
+    from d2cache_jax.hf.safetensors_io import read_tensor
 
     src = inspect_hf(hf_dir)
     for path, hdr in src.shards:
@@ -289,7 +289,7 @@ def test_output_dir_exists(hf_dir, tmp_path):
 
 def test_error_mid_stream_leaves_nothing(hf_dir, tmp_path, monkeypatch):
     """A failure after some groups were written removes the temporary output."""
-    from checkpoints_convert import convert as conv
+    from d2cache_jax.hf import reader as conv
 
     real = conv.read_ours
     calls = {"n": 0}

@@ -75,9 +75,9 @@ def test_decode_order_matches_the_steps_observed_one_by_one():
     import d2cache_jax
 
     gen_lib = importlib.import_module("d2cache_jax.generation.generate")  # the module, not the function
+    from d2cache_jax.evaluation.tasks import synthetic as syn
     from d2cache_jax.generation.options import make_options
     from d2cache_jax.generation.step import max_steps
-    from d2cache_jax.tasks import synthetic as syn
 
     cfg, params = d2cache_jax.load("d2cache_jax/assets/tiny_arith")
     from d2cache_jax import tokenizer as tok_lib

@@ -15,6 +15,7 @@ from d2cache_jax.decoding import threshold
 from d2cache_jax.decoding.base import DecodeInputs
 from d2cache_jax.decoding.sampling import propose
 from d2cache_jax.generation.options import make_options
+from d2cache_jax.generation.state import bucket_length
 from d2cache_jax.generation.step import bf16_scores
 
 gen_lib = importlib.import_module("d2cache_jax.generation.generate")
@@ -90,12 +91,13 @@ def test_d2cache_defaults_never_overflow_at_instruct_sizes(family, prompt_len, g
     cfg = dataclasses.replace(base, max_seq_len=2048)
     p = params.init_params(cfg, jax.random.key(5))
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size - 8, prompt_len).tolist()
-    kw = dict(cache="d2cache", gen_length=gen_length, block_length=32)
+    # prompt_growth=1: the canvas is the prompt (a multiple of 16) plus gen_length, the shape the numbers state
+    kw = dict(cache="d2cache", gen_length=gen_length, block_length=32, prompt_growth=1.0)
     out = gen_lib.generate(cfg, p, [prompt], **kw)
     assert out.stats["overflow_rows"] == 0
     assert (out.commit_step >= 0).all()
     opts = make_options(**kw)
-    t = -(-prompt_len // opts.prompt_bucket) * opts.prompt_bucket + gen_length
+    t = bucket_length(prompt_len, opts.prompt_bucket, opts.prompt_growth, cfg.max_seq_len - gen_length) + gen_length
     k, c = opts.current_k, 1
     old_capacity = k + c + int(opts.rollout_p * (t - k - c)) + 1 + 1 + 2 * opts.inflate_w
     assert d2cache.budgets(opts, t)[0] > old_capacity

@@ -24,7 +24,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from d2cache_jax.tasks import synthetic
+    from d2cache_jax.evaluation.tasks import synthetic
 
     cfg = config.tiny_llada(vocab_size=synthetic.VOCAB_SIZE, mask_token_id=synthetic.MASK_ID,
                             eos_token_id=synthetic.EOS_ID, pad_token_id=synthetic.EOS_ID,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from d2cache_jax.config import read_hf_config
-from d2cache_jax.tasks import synthetic as task
+from d2cache_jax.evaluation.tasks import synthetic as task
 from experiments import train_tiny
 
 ASSET = os.path.join(os.path.dirname(os.path.dirname(__file__)), "d2cache_jax", "assets", "tiny_arith")

@@ -43,7 +43,7 @@ _run_jit = jax.jit(step_lib.run, static_argnums=(0, 1), donate_argnums=(3,))
 
 def _static(opts: GenOptions) -> GenOptions:
     """Options as the compiled program sees them: host-only fields normalised so they never recompile."""
-    return dataclasses.replace(opts, seed=0, loop="device", prompt_bucket=0)
+    return dataclasses.replace(opts, seed=0, loop="device", prompt_bucket=0, prompt_growth=1.0)
 
 
 def first_stop(cfg: ModelConfig, tokens: np.ndarray) -> np.ndarray:
@@ -52,7 +52,8 @@ def first_stop(cfg: ModelConfig, tokens: np.ndarray) -> np.ndarray:
 
 
 def prepare(cfg: ModelConfig, prompt_ids, opts: GenOptions, attention_mask=None, batch_multiple: int = 1) -> GenState:
-    ids, mask = pad_prompts(cfg, prompt_ids, opts.gen_length, opts.prompt_bucket, attention_mask)
+    ids, mask = pad_prompts(cfg, prompt_ids, opts.gen_length, opts.prompt_bucket, attention_mask,
+                            opts.prompt_growth)
     if len(ids) % batch_multiple:  # pad with copies of the last prompt (dropped from the result)
         extra = batch_multiple - len(ids) % batch_multiple
         ids, mask = (np.concatenate([a, np.repeat(a[-1:], extra, 0)]) for a in (ids, mask))

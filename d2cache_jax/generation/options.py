@@ -49,7 +49,8 @@ class GenOptions:
     capacity: int | None = None  # rows recomputed per step by a selective cache; None -> from settings
     # runtime
     loop: str = "device"  # device: one lax.while_loop; host: a Python loop (progress bar)
-    prompt_bucket: int = 16
+    prompt_bucket: int = 16  # prompt lengths are padded to multiples of this that grow by prompt_growth
+    prompt_growth: float = 1.5  # (see `state.bucket_length`); 1 = every multiple of prompt_bucket
 
     # --- derived ---
     @property
@@ -165,3 +166,7 @@ def validate(o: GenOptions) -> None:
         bad(f"inflate_w must be >= 0, got {o.inflate_w}")
     if o.capacity is not None and o.capacity <= 0:
         bad(f"capacity must be positive, got {o.capacity}")
+    if o.prompt_bucket < 0:
+        bad(f"prompt_bucket must be >= 0, got {o.prompt_bucket}")
+    if not 1 <= o.prompt_growth < float("inf"):
+        bad(f"prompt_growth must be a finite number >= 1, got {o.prompt_growth}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -31,9 +32,38 @@ class GenState:
     overflow: jax.Array  # () int32: rows a selective cache wanted but could not fit in its capacity
 
 
-def pad_prompts(cfg: ModelConfig, prompt_ids, gen_length: int, bucket: int = 16,
-                attention_mask=None) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad prompts (list of id lists or [B, L] array) to a bucketed length P; returns (ids, mask)."""
+PROMPT_BUCKET, PROMPT_GROWTH = 16, 1.5  # the default prompt-length rule (GenOptions.prompt_bucket/_growth)
+
+
+def bucket_length(n: int, bucket: int = PROMPT_BUCKET, growth: float = PROMPT_GROWTH,
+                  cap: int | None = None) -> int:
+    """The padded length of an `n`-token prompt: the smallest size `ceil(bucket * growth**k / bucket) * bucket`
+    (k = 0, 1, ...) that holds it, at most `cap` (the context left after generation).
+
+    The sizes are multiples of `bucket` that grow geometrically (16, 32, 48, 64, 96, 128, 192, 288, ... for
+    16 and 1.5), so prompts of 30 to 900 tokens fall into 10 shapes, and the padded length is below
+    `growth * n + bucket`. `growth=1` gives every multiple of `bucket`; `bucket <= 1` pads nothing."""
+    if n < 1:
+        raise ValueError(f"a prompt has at least one token, got {n}")
+    if cap is not None and n > cap:
+        raise ValueError(f"a prompt of {n} tokens does not fit in {cap}")
+    if bucket <= 1:
+        return n
+    if growth < 1:
+        raise ValueError(f"prompt growth must be >= 1, got {growth}")
+    if growth == 1:
+        size = -(-n // bucket) * bucket
+    else:
+        k = 0
+        while (size := -(-math.ceil(round(bucket * growth**k, 6)) // bucket) * bucket) < n:
+            k += 1
+    return size if cap is None else min(size, cap)
+
+
+def pad_prompts(cfg: ModelConfig, prompt_ids, gen_length: int, bucket: int = PROMPT_BUCKET,
+                attention_mask=None, growth: float = PROMPT_GROWTH) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad prompts (list of id lists or [B, L] array) to a bucketed length P (`bucket_length`, never past
+    the context `max_seq_len - gen_length`); returns (ids, mask)."""
     if isinstance(prompt_ids, (list, tuple)) and (len(prompt_ids) == 0 or np.ndim(prompt_ids[0]) == 1):
         seqs = [np.asarray(p, np.int64).reshape(-1) for p in prompt_ids]
     else:
@@ -55,8 +85,7 @@ def pad_prompts(cfg: ModelConfig, prompt_ids, gen_length: int, bucket: int = 16,
         if s.size + gen_length > cfg.max_seq_len:
             raise ValueError(f"prompt {i} has {s.size} tokens; with gen_length={gen_length} that exceeds the "
                              f"model's context of {cfg.max_seq_len} (at most {cfg.max_seq_len - gen_length})")
-    p = max(s.size for s in seqs)
-    p = -(-p // bucket) * bucket
+    p = bucket_length(max(s.size for s in seqs), bucket, growth, cfg.max_seq_len - gen_length)
     ids = np.full((len(seqs), p), cfg.pad_token_id, np.int32)
     mask = np.zeros((len(seqs), p), bool)
     for i, s in enumerate(seqs):

@@ -1,7 +1,7 @@
 """Task registry: the `--task` name maps to a module of this package that defines `TASK`.
 
 Adding a task needs no edit elsewhere: put a module `<name>.py` here whose `TASK` is a
-`base.Task` (e.g. `synthetic.py` wrapping `d2cache_jax.tasks.synthetic`), or call `register_task`.
+`base.Task` (e.g. `synthetic.py`, which also holds the tiny model's training task), or call `register_task`.
 """
 
 from __future__ import annotations

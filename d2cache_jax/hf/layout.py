@@ -21,10 +21,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from checkpoints_convert.safetensors_io import DTYPES, CheckpointError, write_safetensors
 from d2cache_jax import files
 from d2cache_jax.checkpoint import get_path, set_path  # noqa: F401  (re-exported)
 from d2cache_jax.config import ModelConfig, from_hf_config
+from d2cache_jax.hf.safetensors_io import DTYPES, CheckpointError, write_safetensors
 from d2cache_jax.params import param_shapes
 
 # (published key template, our path template, kind); "{i}" is the layer index. Bias rows are used

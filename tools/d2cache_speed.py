@@ -1,4 +1,4 @@
-"""d2Cache vs no cache, per step, under the same machine load: `python -m experiments.d2cache_speed`.
+"""d2Cache vs no cache, per step, under the same machine load: `python -m tools.d2cache_speed`.
 
 Random LLaDA-shaped weights (cpu-medium: d 1024, 8 layers, 16 heads, mlp 2816, vocab 32000), a
 random prompt, temperature 0, batch 1. Both jitted steps are compiled first; then d2Cache runs its

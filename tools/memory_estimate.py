@@ -1,4 +1,4 @@
-"""Per-device memory of a generation run: `python -m experiments.memory_estimate --preset=llada_8b_base
+"""Per-device memory of a generation run: `python -m tools.memory_estimate --preset=llada_8b_base
 --mesh_shapes=data:1,model:8 --device_memory_gb=16`.
 
 Estimates need no devices (any mesh shape). With --measure the run is compiled on this machine's

@@ -6,7 +6,7 @@ Writes a medium LLaDA-layout checkpoint (default ~2.2 GiB in 4 shards) one tenso
 modules gives the baseline. Prints the peak as a multiple of the largest shard and deletes every
 synthetic file afterwards.
 
-    python -m experiments.convert_memory_check [--n_layers=20 --num_shards=4 --workdir=/tmp]
+    python -m tools.convert_memory_check [--n_layers=20 --num_shards=4 --workdir=/tmp]
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import time
 import numpy as np
 from absl import app, flags
 
-from checkpoints_convert.layout import hf_config, key_map, shard_names, split_shards
-from checkpoints_convert.safetensors_io import DTYPES, write_safetensors
 from d2cache_jax.config import ModelConfig
+from d2cache_jax.hf.layout import hf_config, key_map, shard_names, split_shards
+from d2cache_jax.hf.safetensors_io import DTYPES, write_safetensors
 
 flags.DEFINE_integer("d_model", 2048, "Width.")
 flags.DEFINE_integer("n_layers", 20, "Layers.")

@@ -1,1 +1,0 @@
-"""Evaluation tasks (prompt format, item generation, answer checker)."""
