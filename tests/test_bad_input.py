@@ -4,7 +4,6 @@ at a time; the model is the tiny one shipped in d2cache_jax/assets/tiny_arith.""
 
 import json
 import os
-import re
 import shutil
 import stat
 import struct
@@ -155,23 +154,39 @@ def test_bad_generation_flags(tmp_path):
     assert "use --gen_length <= 101" in results[-2][2] and "no chat template" in results[-1][2]
 
 
-def test_option_values_checked_with_the_flags():
-    """The checks behind the flags (and d2cache_generation.json), for the values not run above."""
-    from experiments.flags_common import check_values
+_OPTION_CHECKS = """
+import re
+from d2cache_jax.cli import InputError
+from experiments.flags_common import check_values
 
-    for name, value, allowed in [("gamma", -1.0, ">= 0"), ("alg_temp", -1.0, ">= 0"), ("cache_sigma", -1.0, "> 0"),
-                                 ("cache_sigma", float("inf"), "> 0"), ("temperature", float("-inf"), ">= 0"),
-                                 ("threshold", float("nan"), "in [0, 1]"), ("sigma", float("nan"), ">= 0"),
-                                 ("cfg_scale", float("nan"), ">= 0"), ("top_p", 0.0, "in (0, 1]"),
-                                 ("gen_length", 0, ">= 1"), ("steps", 2.5, ">= 1"), ("seed", -1, "[0, 4294967295]"),
-                                 ("kp", True, ">= 1")]:
-        with pytest.raises(InputError, match=rf"--{name}={value}: must be .*{re.escape(allowed)}"):
-            check_values({name: value})
-    with pytest.raises(InputError, match=r"gamma=-1 in gen\.json: must be"):
-        check_values({"gamma": -1}, "gen.json")
-    with pytest.raises(InputError, match="stop_at_eos='yes' in gen.json: must be true or false"):
-        check_values({"stop_at_eos": "yes"}, "gen.json")
-    check_values({"gamma": 0.0, "threshold": 1, "seed": 2**32 - 1, "top_p": None, "cache_sigma": 1e-3})
+def refused(opts, pattern, *source):
+    try:
+        check_values(opts, *source)
+    except InputError as e:
+        assert re.search(pattern, str(e)), (pattern, str(e))
+    else:
+        raise AssertionError(f"accepted {opts}")
+
+for name, value, allowed in [("gamma", -1.0, ">= 0"), ("alg_temp", -1.0, ">= 0"), ("cache_sigma", -1.0, "> 0"),
+                             ("cache_sigma", float("inf"), "> 0"), ("temperature", float("-inf"), ">= 0"),
+                             ("threshold", float("nan"), "in [0, 1]"), ("sigma", float("nan"), ">= 0"),
+                             ("cfg_scale", float("nan"), ">= 0"), ("top_p", 0.0, "in (0, 1]"),
+                             ("gen_length", 0, ">= 1"), ("steps", 2.5, ">= 1"), ("seed", -1, "[0, 4294967295]"),
+                             ("kp", True, ">= 1")]:
+    refused({name: value}, rf"--{name}={value}: must be .*{re.escape(allowed)}")
+refused({"gamma": -1}, r"gamma=-1 in gen\\.json: must be", "gen.json")
+refused({"stop_at_eos": "yes"}, "stop_at_eos='yes' in gen.json: must be true or false", "gen.json")
+check_values({"gamma": 0.0, "threshold": 1, "seed": 2**32 - 1, "top_p": None, "cache_sigma": 1e-3})
+print("ok")
+"""
+
+
+def test_option_values_checked_with_the_flags():
+    """The checks behind the flags (and d2cache_generation.json), for the values not run above; in their
+    own process, as the scripts' absl flags must not meet other scripts' flags in this one."""
+    out = subprocess.run([sys.executable, "-c", _OPTION_CHECKS], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
 # --- converted checkpoints with damaged array files ---------------------------------------------
