@@ -9,11 +9,14 @@ anywhere, so cutting at EOS would make methods incomparable).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,10 +24,19 @@ import numpy as np
 from absl import app, flags
 
 from d2cache_jax import config as config_lib
-from d2cache_jax import files, flops
+from d2cache_jax import files, flops, model
 from d2cache_jax import params as params_lib
+from d2cache_jax.cache import d2cache, rollout
+from d2cache_jax.cache import dllm as dllm_cache
+from d2cache_jax.cache.base import StepInfo
+from d2cache_jax.config import ModelConfig
+from d2cache_jax.decoding.sampling import propose
 from d2cache_jax.generation import generate, make_options
-from d2cache_jax.generation.options import CACHES
+from d2cache_jax.generation import step as step_lib
+from d2cache_jax.generation.generate import prepare
+from d2cache_jax.generation.options import CACHES, GenOptions
+from d2cache_jax.generation.state import GenState
+from d2cache_jax.generation.step import propose_kw
 from experiments import distributed
 
 PRESETS = {
@@ -32,6 +44,11 @@ PRESETS = {
         d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, head_dim=64, mlp_hidden=768, max_seq_len=4096),
     "cpu-medium": lambda: config_lib.tiny_llada(vocab_size=32000).replace(
         d_model=1024, n_layers=8, n_heads=16, n_kv_heads=16, head_dim=64, mlp_hidden=2816, max_seq_len=4096),
+    # The issue-17 shape: cpu-medium's layers with LLaDA's real vocabulary and special ids, so the
+    # output head weighs as much against the layers as it does in LLaDA (run it with prompt 64 + gen 128).
+    "cpu-vocab": lambda: config_lib.tiny_llada(vocab_size=126464).replace(
+        d_model=1024, n_layers=8, n_heads=16, n_kv_heads=16, head_dim=64, mlp_hidden=2816, max_seq_len=4096,
+        mask_token_id=126336, eos_token_id=126081, pad_token_id=126081, bos_token_id=126080),
     "llada-8b": config_lib.llada_8b_base,
     "dream-7b": config_lib.dream_7b_base,
 }
@@ -59,6 +76,8 @@ SWEEP_VALUES = flags.DEFINE_list("sweep_values", None, "Values of the sweep (def
 OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the JSON document here (also printed).")
 PLOT = flags.DEFINE_string("plot", None, "With --sweep: draw time per token against the swept value (PNG).")
 EXTRA = flags.DEFINE_string("options", "{}", "JSON dict of extra generation options for every method.")
+PROFILE = flags.DEFINE_bool("profile", False, "Also time one step of each method by phase (timed sub-programs).")
+PROFILE_REPEATS = flags.DEFINE_integer("profile_repeats", 3, "Timed calls per profiled sub-program (median).")
 
 
 def machine() -> dict:
@@ -123,6 +142,8 @@ def run_one(cfg, p, prompts, method: str, decoder: str, gen_length: int, repeats
                 wall_s_median=med,
                 wall_s_min=min(walls), wall_s_max=max(walls), compile_s=warm.stats["compile_s"],
                 peak_memory_bytes=peak_memory(),
+                flops_per_generation=generation_flops(cfg, make_options(**opts), len(prompts[0]), steps,
+                                                      runs[0].stats["recompute_share"], len(prompts)),
                 options=opts)
 
 
@@ -141,7 +162,21 @@ def benchmark(cfg, p, methods, decoders, gen_length, prompt_len, batch_size, rep
         same = next((x for x in results if x["method"] == "none" and x["decoder"] == r["decoder"]), None)
         r["speedup_vs_none"] = r["tokens_per_s"] / base["tokens_per_s"] if base else None
         r["speedup_vs_none_same_decoder"] = r["tokens_per_s"] / same["tokens_per_s"] if same else None
+        r["flops_per_step"] = r["flops_per_generation"] / r["steps"]
+        # What a purely FLOP-bound machine would give, and how much of it the measured speedup reaches.
+        r["flop_speedup_ceiling"] = base["flops_per_generation"] / r["flops_per_generation"] if base else None
+        r["fraction_of_ceiling"] = r["speedup_vs_none"] / r["flop_speedup_ceiling"] if base else None
     return results
+
+
+def generation_flops(cfg: ModelConfig, opts: GenOptions, prompt_len: int, steps: int, recompute_share: float,
+                     batch: int) -> float:
+    """Analytic FLOPs of one measured generation; d2Cache's later steps take the measured mean bucket."""
+    later = None
+    if opts.cache == "d2cache" and steps > 1:
+        t = prompt_len + opts.gen_length
+        later = (recompute_share * steps - 1.0) * t / (steps - 1)  # step 0 counts as all T rows
+    return flops.generation_flops(cfg, opts, prompt_len, steps, later, batch)
 
 
 def load_model(dtype):
@@ -196,14 +231,149 @@ def main(argv):
                                    BATCH_SIZE.value, REPEATS.value, extra, mesh)
         none = next((r for r in doc["results"] if r["method"] == "none" and r["decoder"] == "vanilla"), None)
         if none:
-            f = flops.step_flops(cfg, t, t, GEN_LENGTH.value, BATCH_SIZE.value)
+            f = flops.step_flops(cfg, t, t, make_options(**none["options"]).block, BATCH_SIZE.value)
             doc["none_step_flops"] = f
             doc["none_step_flops_per_s"] = f / (none["ms_per_step"] / 1e3)
             doc["none_step_roofline_fraction"] = doc["none_step_flops_per_s"] / doc["roofline_flops"]
+        if PROFILE.value:
+            doc["profile"] = profile_all(cfg, p, METHODS.value, GEN_LENGTH.value, PROMPT_LEN.value,
+                                         BATCH_SIZE.value, PROFILE_REPEATS.value, extra)
     text = json.dumps(doc, indent=1)
     print(text)
     if OUTPUT_JSON.value:
         files.write_json_atomic(OUTPUT_JSON.value, doc)
+
+
+# ---- per-phase profile of one step (timed sub-programs) ----
+# A step without buffer donation, so the same input state can be timed again and again.
+_STEP = jax.jit(step_lib.step, static_argnums=(0, 1))
+
+
+def _ms(fn: Callable, *args: Any, repeats: int) -> float:
+    """Median wall time (ms) of a jitted call, compiled and warmed first."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _method_opts(method: str, gen_length: int, extra: dict) -> GenOptions:
+    opts = {**METHOD_OPTIONS[method], **DECODER_OPTIONS["vanilla"], "gen_length": gen_length, **extra}
+    if opts.get("block_length") and gen_length % opts["block_length"]:
+        opts["block_length"] = gen_length
+    return make_options(**opts)
+
+
+def _later_rows(cfg: ModelConfig, opts: GenOptions, state: GenState) -> tuple[int, int]:
+    """(rows through the layers, rows given logits) of the step that `state` is about to take."""
+    t = state.tokens.shape[1]
+    if opts.cache == "none":
+        return t, opts.block
+    if opts.cache in ("prefix", "dual"):
+        return flops._prefix_rows(cfg, opts, int(state.block)), opts.block
+    if opts.cache == "dllm":
+        return dllm_cache.num_adaptive(opts), opts.block
+    sizes = d2cache.row_buckets(opts, t)
+    count = int((np.asarray(state.cache.q_idx) < t).sum(-1).max())
+    rows = sizes[int(np.searchsorted(sizes, count))]
+    return rows, min(rows, d2cache.budgets(opts, t)[1])
+
+
+def profile_method(cfg: ModelConfig, p: dict, prompts: list, method: str, gen_length: int, repeats: int,
+                   extra: dict) -> dict:
+    """One method's step split by phase: each piece jitted alone on inputs of the shapes the step's
+    second (partial) step uses, plus the whole first and second steps. `unattributed_ms` is the second
+    step minus its timed pieces (decoder, scatters to gen positions, branch selection, copies)."""
+    opts = _method_opts(method, gen_length, extra)
+    sopts = dataclasses.replace(opts, seed=0, loop="device", prompt_bucket=0)
+    s0 = prepare(cfg, prompts, opts)
+    s1 = _STEP(cfg, sopts, p, s0)
+    b, t = s1.tokens.shape
+    n_layers, g = cfg.n_layers, opts.gen_length
+    rows, head_rows = _later_rows(cfg, opts, s1)
+    out = dict(method=method, total_len=t, layer_rows=rows, head_rows=head_rows,
+               step_first_ms=_ms(_STEP, cfg, sopts, p, s0, repeats=repeats),
+               step_later_ms=_ms(_STEP, cfg, sopts, p, s1, repeats=repeats))
+    key = jax.random.key(1)
+    k1, k2, k3 = jax.random.split(key, 3)
+    hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+    dt = model.dtype_of(cfg)
+    weights = method == "d2cache"
+    ph = {}
+    # Attention alone (scores, softmax, weighted values) for the step's query rows over all T keys.
+    q = jax.random.normal(k1, (b, rows, nh, hd), dt)
+    kk = jax.random.normal(k2, (b, t, nkv, hd), dt)
+    vv = jax.random.normal(k3, (b, t, nkv, hd), dt)
+    kmask = s1.key_mask
+    attn = jax.jit(lambda q, k, v, m: model.attention(cfg, q, k, v, m, weights))
+    ph["attention_in_layers"] = n_layers * _ms(attn, q, kk, vv, kmask, repeats=repeats)
+    q_idx = jnp.broadcast_to(jnp.arange(rows, dtype=jnp.int32) + (t - rows), (b, rows))
+    if method == "none":
+        full = jax.jit(lambda p, s: model.forward_rows(cfg, p, s.tokens, s.positions, s.key_mask).hidden)
+        ph["layers"] = _ms(full, p, s1, repeats=repeats)
+    elif method in ("prefix", "dual", "d2cache"):
+        kv = s1.cache.kv if method == "d2cache" else s1.cache
+        if method == "d2cache":
+            q_idx = s1.cache.q_idx[:, :rows]
+        part = jax.jit(lambda p, s, qi, kv: model.forward_rows(cfg, p, s.tokens, s.positions, s.key_mask,
+                                                               q_idx=qi, kv=kv, need_weights=weights))
+        ph["layers"] = _ms(part, p, s1, q_idx, kv, repeats=repeats)
+        k_new = jax.random.normal(k1, (b, rows, nkv, hd), dt)
+        scat = jax.jit(lambda c, qi, x: c.at[jnp.arange(b)[:, None], qi].set(x, mode="drop"))
+        ph["kv_scatter"] = 2 * n_layers * _ms(scat, kv[0].k, q_idx, k_new, repeats=repeats)
+        gath = jax.jit(lambda p, s, qi: (model.embed(p, model.gather_rows(s.tokens, qi)),
+                                         model.gather_rows(s.positions, qi)))
+        ph["row_gather"] = _ms(gath, p, s1, q_idx, repeats=repeats)
+    else:  # dllm, an adaptive step: layer 0 in full, then V-verify and k rows per layer
+        x = model.embed(p, s1.tokens)
+        lay0 = jax.jit(lambda lp, x, lc, s: dllm_cache.layer(cfg, lp, x, lc, s.positions, s.key_mask)[0])
+        ph["layer0_full"] = _ms(lay0, p["layers"][0], x, s1.cache[0], s1, repeats=repeats)
+        pl = t - g
+        vv_ = jax.jit(lambda lp, x, lc: dllm_cache.v_verify(cfg, lp, x, lc, pl, rows))
+        ph["v_verify"] = (n_layers - 1) * _ms(vv_, p["layers"][1], x, s1.cache[1], repeats=repeats)
+        idx, vc = vv_(p["layers"][1], x, s1.cache[1])
+        lay = jax.jit(lambda lp, x, lc, s, i, vc: dllm_cache.layer(cfg, lp, x, lc, s.positions, s.key_mask, i, vc)[0])
+        ph["layers_adaptive_rows"] = (n_layers - 1) * _ms(lay, p["layers"][1], x, s1.cache[1], s1, idx, vc,
+                                                          repeats=repeats)
+    hidden = jax.random.normal(k1, (b, head_rows, cfg.d_model), dt)
+    hd_fn = jax.jit(lambda p, h: model.head(p, cfg, h))
+    ph["head"] = _ms(hd_fn, p, hidden, repeats=repeats)
+    logits = hd_fn(p, hidden)
+    prop = jax.jit(lambda lg, k: propose(lg, k, **propose_kw(cfg, opts)))
+    ph["propose"] = _ms(prop, logits, key, repeats=repeats)
+    if method == "d2cache":
+        a = [jax.nn.softmax(jax.random.normal(jax.random.key(i), (b, rows, t)), -1) for i in range(n_layers)]
+        roll = jax.jit(lambda a, qi: rollout.rollout_importance(a, qi, t))
+        ph["rollout_importance"] = _ms(roll, a, q_idx, repeats=repeats)
+        slots = jax.jit(lambda qi, dens, tok: d2cache._logit_slots(cfg, opts, qi, dens, tok, head_rows))
+        ph["logit_slots"] = _ms(slots, q_idx, s1.cache.density, s1.tokens, repeats=repeats)
+        gmask = s1.tokens[:, t - g:] == cfg.mask_token_id
+        info = StepInfo(transfer=jnp.zeros((b, g), bool).at[:, 0].set(True),
+                        conf=jax.random.uniform(k2, (b, g)), valid=jnp.ones((b, g), bool),
+                        block_mask=jnp.ones((b, g), bool), eligible=gmask, active=jnp.ones((b,), bool))
+        after = jax.jit(lambda s, i: d2cache.after_step(cfg, opts, s, i))
+        ph["after_step_selection"] = _ms(after, s1, info, repeats=repeats)
+    out["phases_ms"] = ph
+    out["layer_matmuls_est_ms"] = max(ph.get("layers", 0.0) - ph["attention_in_layers"] - ph.get("kv_scatter", 0.0)
+                                      - ph.get("row_gather", 0.0), 0.0) if "layers" in ph else None
+    out["unattributed_ms"] = out["step_later_ms"] - sum(v for k, v in ph.items() if k != "attention_in_layers")
+    return out
+
+
+def profile_all(cfg: ModelConfig, p: dict, methods: list[str], gen_length: int, prompt_len: int, batch_size: int,
+                repeats: int, extra: dict) -> list[dict]:
+    rng = np.random.default_rng(0)
+    hi = min(cfg.vocab_size, cfg.mask_token_id)
+    prompts = [list(rng.integers(0, hi, prompt_len)) for _ in range(batch_size)]
+    out = []
+    for m in methods:
+        r = profile_method(cfg, p, prompts, m, gen_length, repeats, extra)
+        print(json.dumps(r), flush=True)
+        out.append(r)
+    return out
 
 
 def plot_sweep(doc: dict, path: str) -> None:

@@ -7,7 +7,10 @@ import sys
 
 import pytest
 
+from d2cache_jax import config as config_lib
+from d2cache_jax import flops
 from d2cache_jax.cache import METHODS
+from d2cache_jax.generation import make_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +41,93 @@ def test_benchmark_json_schema(tmp_path):
         assert r["speedup_vs_none"] == pytest.approx(r["tokens_per_s"] / none["tokens_per_s"], rel=1e-12)
         assert 0 < r["recompute_share"] <= 1.0
         assert r["forward_passes"] == r["steps"]
+        for key in ("flops_per_generation", "flops_per_step", "flop_speedup_ceiling", "fraction_of_ceiling"):
+            assert r[key] > 0, key
+        assert r["fraction_of_ceiling"] == pytest.approx(r["speedup_vs_none"] / r["flop_speedup_ceiling"], rel=1e-9)
+        assert r["flop_speedup_ceiling"] == pytest.approx(
+            none["flops_per_generation"] / r["flops_per_generation"], rel=1e-9)
     assert none["recompute_share"] == 1.0 and none["forward_passes"] == 32
+    assert none["flop_speedup_ceiling"] == 1.0
+
+
+def test_benchmark_profile_schema(tmp_path):
+    methods = [m for m in ("none", "prefix", "dual", "dllm", "d2cache") if m in METHODS]
+    doc = _run(tmp_path, "--preset=cpu-small", f"--methods={','.join(methods)}", "--decoders=vanilla",
+               "--gen_length=16", "--prompt_len=8", "--repeats=1", "--profile", "--profile_repeats=1",
+               '--options={"block_length": 8}')
+    assert [r["method"] for r in doc["profile"]] == methods
+    for r in doc["profile"]:
+        assert r["step_first_ms"] > 0 and r["step_later_ms"] > 0
+        assert 0 < r["layer_rows"] <= r["total_len"] and r["head_rows"] > 0
+        for key in ("attention_in_layers", "head", "propose"):
+            assert r["phases_ms"][key] > 0, (r["method"], key)
+    d2 = next((r for r in doc["profile"] if r["method"] == "d2cache"), None)
+    if d2:
+        for key in ("rollout_importance", "after_step_selection", "kv_scatter", "logit_slots"):
+            assert d2["phases_ms"][key] > 0, key
+
+
+# Independent hand count for tiny_llada(vocab 256): d 64, 2 layers, 4 heads x 16, MLP 128.
+# Per row of a layer: q, k, v, o projections 4 * 2 * 64 * 64 = 32768; SwiGLU 3 * 2 * 64 * 128 = 49152;
+# attention 2 * 2 * (4 * 16) = 256 per key. Head: 2 * 64 * 256 = 32768 per row. V-verify: 2 * 64 * 64 per row.
+ROW, KEY, HEAD, VPROJ, LAYERS = 32768 + 49152, 256, 32768, 8192, 2
+P, G, T = 8, 16, 24
+
+
+def _layer(rows, keys=T):
+    return rows * (ROW + KEY * keys)
+
+
+def _step(rows, head_rows):
+    return LAYERS * _layer(rows) + head_rows * HEAD
+
+
+def _flops(**opts):
+    cfg = config_lib.tiny_llada(vocab_size=256)
+    later = opts.pop("later_rows", None)
+    return flops.generation_flops(cfg, make_options(gen_length=G, **opts), P, None, later)
+
+
+def test_flops_none_prefix_dual_by_hand():
+    assert flops.layer_flops(config_lib.tiny_llada(vocab_size=256), 3, 5) == 3 * (ROW + 5 * KEY)
+    assert _flops(cache="none") == 16 * _step(T, G)  # one block of 16: the head on all 16 rows
+    assert _flops(cache="none", block_length=8) == 16 * _step(T, 8)
+    # dual, blocks of 8: per block one full pass, then 7 steps on the block's 8 rows.
+    assert _flops(cache="dual", block_length=8) == 2 * (_step(T, 8) + 7 * _step(8, 8))
+    # prefix: block 0 runs its 16 query rows (capacity 16), block 1 its 8 (capacity 8).
+    assert _flops(cache="prefix", block_length=8) == _step(T, 8) + 7 * _step(16, 8) + _step(T, 8) + 7 * _step(8, 8)
+    # prefix with 4 blocks of 4: query rows 16, 12, 8, 4 padded to capacities 16, 16, 8, 4.
+    want = sum(_step(T, 4) + 3 * _step(c, 4) for c in (16, 16, 8, 4))
+    assert _flops(cache="prefix", block_length=4) == want
+
+
+def test_flops_dllm_by_hand():
+    # kp 4, kr 2, rou 0.25 (4 adaptive rows): layer 0 always full; n % 4 == 0 full; n even response
+    # (16 rows); n odd V-verify of the 16 response rows + 4 rows. Head on the block (all 16 rows).
+    full = LAYERS * _layer(T)
+    resp = _layer(T) + _layer(G)
+    adapt = _layer(T) + VPROJ * G + _layer(4)
+    want = sum(full if n % 4 == 0 else resp if n % 2 == 0 else adapt for n in range(16)) + 16 * G * HEAD
+    assert _flops(cache="dllm", kp=4, kr=2, rou=0.25) == want
+    # kp 3, kr 2: n % 3 == 0 and odd -> prompt refresh + V-verify (8 + 4 rows); rou 0 -> prompt rows only.
+    def kind(n, rou_rows):
+        rp, rr = n % 3 == 0, n % 2 == 0
+        if rr:
+            return _layer(T if rp else G)
+        if rou_rows == 0:
+            return _layer(P) if rp else 0
+        return VPROJ * G + _layer((P if rp else 0) + rou_rows)
+    for rou, k in ((0.25, 4), (0.0, 0)):
+        want = sum(_layer(T) + kind(n, k) for n in range(16)) + 16 * G * HEAD
+        assert _flops(cache="dllm", kp=3, kr=2, rou=rou) == want, rou
+
+
+def test_flops_d2cache_by_hand():
+    # Q: k 16 + 1 committed + floor(0.1 * 7) + 2 = 19 rows, inflated 19 + 18 * 3 = 73 -> all 24; H = min(Q, G) = 16.
+    # Step 0 full with the head on the 16 gen rows; 15 later steps of the mean bucket, head on min(rows, 16).
+    assert _flops(cache="d2cache", later_rows=10.5) == pytest.approx(_step(T, G) + 15 * _step(10.5, 10.5))
+    assert _flops(cache="d2cache", later_rows=20) == pytest.approx(_step(T, G) + 15 * _step(20, 16))
+    assert _flops(cache="d2cache") == pytest.approx(_step(T, G) + 15 * _step(24, 16))
 
 
 def test_benchmark_sweep_and_bad_flags(tmp_path):
