@@ -88,13 +88,23 @@ def test_decode_order_matches_the_steps_observed_one_by_one():
     result = d2cache_jax.generate(cfg, params, prompts, **kw)
     opts = make_options(**kw)
     state, step = gen_lib.prepare(cfg, prompts, opts), gen_lib.step_fn(cfg, opts)
+    from d2cache_jax.model import forward
+
     seen = np.full((2, opts.gen_length), -1)
+    conf = np.full((2, opts.gen_length), np.nan)
     for k in range(max_steps(opts)):
         before = np.asarray(state.tokens[:, -opts.gen_length:]) == cfg.mask_token_id
+        # The confidence of each proposal: top probability of the no-cache logits, mask id excluded.
+        logits = np.asarray(forward(cfg, params, state.tokens, state.key_mask), np.float64)[:, -opts.gen_length:]
+        logits[..., cfg.mask_token_id] = -np.inf
+        prob = np.exp(logits - logits.max(-1, keepdims=True))
+        top = prob.max(-1) / prob.sum(-1)
         state = step(params, state)
         after = np.asarray(state.tokens[:, -opts.gen_length:]) == cfg.mask_token_id
         seen[before & ~after] = k
+        conf[before & ~after] = top[before & ~after]
         if not after.any():
             break
     np.testing.assert_array_equal(result.commit_step, seen)
+    np.testing.assert_allclose(result.commit_conf, conf, rtol=1e-4)
     assert sorted(seen[0]) == sorted(seen[1]) == list(range(opts.gen_length))  # one per step, as vanilla

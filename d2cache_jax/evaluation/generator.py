@@ -20,6 +20,7 @@ class Completion:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     committed: int | None = None  # positions committed in all, EOS and after included (None: unknown)
     commit_step: list[int] | None = None  # per generated position, the step it was committed at (-1: never)
+    commit_conf: list[float | None] | None = None  # per generated position, its confidence then (None: never)
 
 
 class Generator(Protocol):
@@ -113,6 +114,7 @@ def completions_from_result(result: Any, tokenizer: Any, until: Sequence[str],
     out = []
     vocab = len(tokenizer)
     commit = getattr(result, "commit_step", None)
+    conf = getattr(result, "commit_conf", None)
     for row in range(batch):
         n = _text_length(result.tokens[row], int(result.lengths[row]), vocab)
         text = final_text(tokenizer, result.tokens[row, :n].tolist(), until)
@@ -131,5 +133,6 @@ def completions_from_result(result: Any, tokenizer: Any, until: Sequence[str],
             wall_s=float(stats.get("wall_s", 0.0)), tokens_per_step=tps,
             extra={"compile_s": float(stats.get("compile_s", 0.0)), "stop_index": n},
             committed=None if commit is None else int((commit[row] >= 0).sum()),
-            commit_step=None if commit is None else [int(x) for x in commit[row]]))
+            commit_step=None if commit is None else [int(x) for x in commit[row]],
+            commit_conf=None if conf is None else [None if x != x else float(x) for x in conf[row]]))
     return out

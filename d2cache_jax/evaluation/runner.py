@@ -124,7 +124,8 @@ def make_record(item: EvalItem, completion: Completion, task: Task, options: Sco
                 batch_id: int, batch_size: int, batch_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score one completion and describe it as a samples.jsonl line.
 
-    `commit_step` is the decode order: per generated position, the step that committed it (-1: never).
+    `commit_step` is the decode order: per generated position, the step that committed it (-1: never);
+    `commit_conf` its confidence at that step (the decoder's raw confidence, before any certainty prior).
     """
     score = task.score(item.doc, completion.text, options)
     stats = {"num_tokens": completion.num_tokens, "steps": completion.steps,
@@ -134,7 +135,7 @@ def make_record(item: EvalItem, completion: Completion, task: Task, options: Sco
     doc_id = next((item.doc[k] for k in _ID_FIELDS if k in item.doc), None)
     record = {"index": item.index, "doc_id": doc_id, "prompt": item.prompt, "output": completion.text,
               "extracted": score.extracted, "correct": bool(score.correct), "details": score.details,
-              "stats": stats, "commit_step": completion.commit_step}
+              "stats": stats, "commit_step": completion.commit_step, "commit_conf": completion.commit_conf}
     if item.prefix:
         record["prefix"] = item.prefix
     return record

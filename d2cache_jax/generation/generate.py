@@ -32,6 +32,7 @@ class GenerateResult:
     lengths: np.ndarray  # [B] int32: committed tokens before the first committed stop token
     stats: dict[str, Any]
     commit_step: np.ndarray | None = None  # [B, gen_length] int32: step each position was committed, -1 never
+    commit_conf: np.ndarray | None = None  # [B, gen_length] float32: its confidence then (NaN: never committed)
 
 
 # The step and the whole loop, jitted with the config and options static. The device loop is the
@@ -115,10 +116,10 @@ def _host_loop(compiled, params, state: GenState, opts: GenOptions, progress: bo
 
 def _result(cfg: ModelConfig, opts: GenOptions, state: GenState, wall_s: float, compile_s: float,
             n_prompts: int | None = None):
-    tokens, commit, steps, rows, selected, overflow = sharding.to_host(
-        (state.tokens[:, -opts.gen_length:], state.commit_step, state.step, state.rows_computed,
-         state.rows_selected, state.overflow))
-    tokens, commit = tokens[:n_prompts], commit[:n_prompts]  # drop rows padded for the mesh
+    tokens, commit, conf, steps, rows, selected, overflow = sharding.to_host(
+        (state.tokens[:, -opts.gen_length:], state.commit_step, state.commit_conf, state.step,
+         state.rows_computed, state.rows_selected, state.overflow))
+    tokens, commit, conf = tokens[:n_prompts], commit[:n_prompts], conf[:n_prompts]  # drop rows padded for the mesh
     tokens = np.asarray(tokens, np.int32).copy()
     lengths = first_stop(cfg, tokens)
     masked = tokens == cfg.mask_token_id
@@ -158,7 +159,8 @@ def _result(cfg: ModelConfig, opts: GenOptions, state: GenState, wall_s: float, 
         cache=opts.cache,
         decoder=opts.decoder,
     )
-    return GenerateResult(tokens=tokens, lengths=lengths, stats=stats, commit_step=np.asarray(commit, np.int32))
+    return GenerateResult(tokens=tokens, lengths=lengths, stats=stats, commit_step=np.asarray(commit, np.int32),
+                          commit_conf=np.asarray(conf, np.float32))
 
 
 @functools.cache

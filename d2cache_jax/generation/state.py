@@ -20,6 +20,7 @@ class GenState:
     key_mask: jax.Array  # [B, T] bool: False on left padding
     positions: jax.Array  # [B, T] int32 RoPE positions (cumsum(mask) - 1)
     commit_step: jax.Array  # [B, G] int32: step at which each gen position was committed, -1 if masked
+    commit_conf: jax.Array  # [B, G] float32: confidence of each committed token when committed (NaN if masked)
     block: jax.Array  # () int32: current block
     block_step: jax.Array  # () int32: steps taken in the current block
     step: jax.Array  # () int32: steps taken (= forward passes)
@@ -102,7 +103,8 @@ def init_state(cfg: ModelConfig, opts, prompt_ids: np.ndarray, prompt_mask: np.n
     zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the state is donated to the step
     return GenState(
         tokens=tokens, key_mask=key_mask, positions=positions_from_mask(key_mask),
-        commit_step=jnp.full((b, g), -1, jnp.int32), block=zero(), block_step=zero(), step=zero(),
+        commit_step=jnp.full((b, g), -1, jnp.int32), commit_conf=jnp.full((b, g), jnp.nan, jnp.float32),
+        block=zero(), block_step=zero(), step=zero(),
         n_block_start=jnp.full((b,), opts.block, jnp.int32), done=jnp.zeros((b,), bool), rng=rng,
         cache=cache, rows_computed=jnp.zeros((), jnp.float32), rows_selected=jnp.zeros((), jnp.float32),
         overflow=zero())

@@ -88,7 +88,9 @@ def _step(cfg: ModelConfig, opts, params, state: GenState, forward) -> GenState:
     new_gen = jnp.where(transfer, x0, gen)
     tokens = state.tokens.at[:, p:].set(new_gen)
     # Under upstream_compat a position may be "committed" to the mask id: a no-op, it stays masked.
-    commit_step = jnp.where(transfer & (x0 != cfg.mask_token_id), state.step, state.commit_step)
+    committed_now = transfer & (x0 != cfg.mask_token_id)
+    commit_step = jnp.where(committed_now, state.step, state.commit_step)
+    commit_conf = jnp.where(committed_now, conf, state.commit_conf)
 
     # A block ends when no row has a masked position left in it (before its first EOS if stopping).
     new_masked = new_gen == cfg.mask_token_id
@@ -102,7 +104,7 @@ def _step(cfg: ModelConfig, opts, params, state: GenState, forward) -> GenState:
     done = state.done | ~todo.any(-1)
 
     new_state = state.replace(
-        tokens=tokens, commit_step=commit_step, block=block,
+        tokens=tokens, commit_step=commit_step, commit_conf=commit_conf, block=block,
         block_step=jnp.where(advance, 0, state.block_step + 1),
         step=state.step + 1, n_block_start=jnp.where(advance, n_next, state.n_block_start),
         done=done, rng=rng, rows_computed=state.rows_computed + fwd.rows,
