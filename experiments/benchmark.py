@@ -192,6 +192,7 @@ def load_model(dtype):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.enable_compilation_cache()
     for m in METHODS.value:
         if m not in METHOD_OPTIONS:
             raise app.UsageError(f"unknown method {m!r} in --methods; known: {', '.join(CACHES)}")

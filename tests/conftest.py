@@ -7,3 +7,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_compilation_caches():
+    """Drop every module's compiled programs when it ends: one long pytest process otherwise keeps
+    hundreds of executables alive (and XLA's CPU compiler has crashed in such a process)."""
+    yield
+    jax.clear_caches()
