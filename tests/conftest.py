@@ -18,3 +18,21 @@ def _fresh_compilation_caches():
     hundreds of executables alive (and XLA's CPU compiler has crashed in such a process)."""
     yield
     jax.clear_caches()
+
+
+@pytest.fixture(scope="module")
+def llada():
+    """A tiny random LLaDA (config, params), shared by the generation tests."""
+    from d2cache_jax import config, params
+
+    cfg = config.tiny_llada()
+    return cfg, params.init_params(cfg, jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def dream():
+    """A tiny random Dream (config, params), shared by the generation tests."""
+    from d2cache_jax import config, params
+
+    cfg = config.tiny_dream()
+    return cfg, params.init_params(cfg, jax.random.key(1))

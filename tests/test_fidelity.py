@@ -21,18 +21,6 @@ from d2cache_jax.generation.step import bf16_scores
 gen_lib = importlib.import_module("d2cache_jax.generation.generate")
 
 
-@pytest.fixture(scope="module")
-def llada():
-    cfg = config.tiny_llada()
-    return cfg, params.init_params(cfg, jax.random.key(0))
-
-
-@pytest.fixture(scope="module")
-def dream():
-    cfg = config.tiny_dream()
-    return cfg, params.init_params(cfg, jax.random.key(1))
-
-
 # --- upstream_compat numerics follow the model's dtype -------------------------------------------------
 
 def test_compat_confidence_dtype_follows_the_model():

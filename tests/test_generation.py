@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from d2cache_jax import config, params
 from d2cache_jax.decoding import eb, factor, schedule
 from d2cache_jax.decoding.base import DecodeInputs
 from d2cache_jax.decoding.sampling import propose, top_p_filter
@@ -17,18 +16,6 @@ from d2cache_jax.generation import generate, make_options
 from d2cache_jax.model import forward
 
 gen_mod = importlib.import_module("d2cache_jax.generation.generate")
-
-
-@pytest.fixture(scope="module")
-def llada():
-    cfg = config.tiny_llada()
-    return cfg, params.init_params(cfg, jax.random.key(0))
-
-
-@pytest.fixture(scope="module")
-def dream():
-    cfg = config.tiny_dream()
-    return cfg, params.init_params(cfg, jax.random.key(1))
 
 
 def reference_llada_generate(cfg, p, prompt, gen_length, steps, block_length):
