@@ -7,6 +7,8 @@ one line on stderr naming the file, field or flag, and exit status 2, never a tr
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -19,10 +21,17 @@ class InputError(ValueError):
 
 
 def fail(message: str) -> NoReturn:
-    """Print `error: message` on stderr and exit with the usage status."""
-    sys.stderr.write(f"error: {message}\n")
+    """Print `error: message` on stderr and exit with the usage status at once: no interpreter
+    teardown, whose finalizers (orbax/TensorStore reads abandoned by a failed load) can print noise,
+    and background threads are silenced before the line is written."""
+    sys.stdout.flush()
     sys.stderr.flush()
-    sys.exit(USAGE_EXIT)
+    err = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.write(err, f"error: {message}\n".encode())
+    os._exit(USAGE_EXIT)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -34,9 +43,23 @@ def _parse_flags(argv: list[str]) -> list[str]:
         fail(str(e).splitlines()[0] if str(e) else repr(e))
 
 
+def _quiet_unraisable(unraisable: Any) -> None:
+    """Drop the "Exception ignored" reports of orbax read coroutines abandoned after a failed read (the
+    error itself is reported as one line); anything else goes to the default hook."""
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
+        return
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def run(main: Callable[[list[str]], Any]) -> None:
     """`absl.app.run(main)` with every bad-input error reported as one line and exit status 2."""
     from absl import app
+
+    sys.unraisablehook = _quiet_unraisable
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # abandoned read tasks after a failed load
 
     def wrapped(argv: list[str]) -> Any:
         try:
