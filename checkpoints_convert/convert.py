@@ -1,9 +1,10 @@
 """Streaming converter from a published HF checkpoint (LLaDA or Dream) to our converted format.
 
 Every shard header is read and checked first (keys, shapes, dtypes, file sizes) so that a bad
-checkpoint fails before anything is written; then shards are read one at a time, one tensor at a
-time, transformed into our layout and handed to `d2cache_jax.checkpoint.write_converted`, which
-saves each group of params as soon as it is complete.
+checkpoint fails before anything is written; then our params are built one leaf at a time (a
+per-layer leaf from its L published tensors, read by header offsets into its [L, ...] stack, each
+transformed into our layout) and handed to `d2cache_jax.checkpoint.write_converted`, which saves
+each leaf with orbax as soon as it is complete.
 
 Dependencies go one way: this package uses the library (`d2cache_jax.hf` reads the published layout,
 `d2cache_jax.checkpoint` writes ours); the library never imports it.

@@ -1,14 +1,17 @@
-"""Converted checkpoints: orbax items per group of params, a manifest, our ModelConfig; and `load`.
+"""Converted checkpoints: one orbax item per params leaf, a manifest, our ModelConfig; and `load`.
 
-A converted directory holds
+A converted directory (format `d2cache-jax/converted-v2`) holds
 
-    manifest.json        format tag, family, dtype, the params paths of every group
+    manifest.json        format tag, family, dtype, every params leaf's dotted path and shape, the source
     model_config.json    `ModelConfig.to_dict()`
-    params/<group>/      one orbax StandardCheckpointer item per group: `embed`, `layer_000` ...,
-                         `final` (final_norm + lm_head)
-    tokenizer files      copied from the source checkpoint
+    params/<leaf path>/  one orbax PyTree item per leaf of the params (the model's NNX state as a pure
+                         dict), named by its dotted path: `embed.embedding`, `layers.attn.wq`, ...,
+                         `final_norm.scale`, `lm_head`; per-layer leaves hold the whole [L, ...] stack
+    tokenizer files      copied from the source checkpoint (and `d2cache_generation.json`)
 
-Groups are written as soon as they are complete, so a converter never holds the whole model.
+Leaves are written one at a time as they arrive, so a converter holds one stacked leaf at most.
+Directories of the previous format (`converted-v1`: per-layer groups of a list of layer dicts) are
+refused with the command that converts the model again.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from d2cache_jax.cli import InputError
 from d2cache_jax.config import ModelConfig, read_hf_config, read_json, read_model_config
 from d2cache_jax.params import param_shapes
 
-FORMAT = "d2cache-jax/converted-v1"
+FORMAT = "d2cache-jax/converted-v2"
+OLD_FORMATS = ("d2cache-jax/converted-v1",)
 MANIFEST = "manifest.json"
 MODEL_CONFIG = "model_config.json"
 DTYPES = ("bfloat16", "float32")
@@ -41,42 +45,50 @@ DTYPES = ("bfloat16", "float32")
 CHUNK_BYTES = 16 << 20
 
 
-def group_of(path: str) -> str:
-    """The orbax item holding a dotted params path (`layers.3.wq` -> `layer_003`)."""
-    if path.startswith("layers."):
-        return f"layer_{int(path.split('.')[1]):03d}"
-    return "embed" if path == "embed" else "final"
+def _is_shape(x: Any) -> bool:
+    return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
 
 
-def group_paths(cfg: ModelConfig) -> dict[str, list[str]]:
-    """Every group's dotted params paths, in writing order."""
-    out = {"embed": ["embed"]}
-    for i, layer in enumerate(param_shapes(cfg)["layers"]):
-        out[f"layer_{i:03d}"] = [f"layers.{i}.{k}" for k in layer]
-    out["final"] = ["final_norm", "lm_head"]
+def dotted(path: tuple) -> str:
+    """A jax key path of dict keys as a dotted string (`layers.attn.wq`)."""
+    return ".".join(str(getattr(k, "key", k)) for k in path)
+
+
+def leaf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every params leaf's dotted path and shape, in the params tree's order."""
+    flat, _ = jax.tree.flatten_with_path(param_shapes(cfg), is_leaf=_is_shape)
+    return {dotted(path): tuple(shape) for path, shape in flat}
+
+
+def flatten(tree: dict) -> dict[str, Any]:
+    """A nested params dict as {dotted path: leaf}."""
+    return {dotted(path): leaf for path, leaf in jax.tree.flatten_with_path(tree)[0]}
+
+
+def nest(flat: dict[str, Any]) -> dict:
+    """{dotted path: leaf} back into the nested dict (the inverse of `flatten`)."""
+    out: dict = {}
+    for path, leaf in flat.items():
+        set_path(out, path, leaf)
     return out
 
 
 def get_path(tree: Any, path: str) -> Any:
-    """tree at a dotted path (list indices as integers); None if absent."""
+    """tree at a dotted path of dict keys; None if absent."""
     node = tree
     for part in path.split("."):
-        if isinstance(node, list | tuple):
-            node = node[int(part)] if int(part) < len(node) else None
-        elif isinstance(node, dict):
-            node = node.get(part)
-        else:
+        if not isinstance(node, dict) or part not in node:
             return None
-        if node is None:
-            return None
+        node = node[part]
     return node
 
 
-def set_path(tree: Any, path: str, value: Any) -> None:
+def set_path(tree: dict, path: str, value: Any) -> None:
+    """Put `value` at a dotted path, making the dicts on the way."""
     *parents, last = path.split(".")
     node = tree
     for part in parents:
-        node = node[int(part)] if isinstance(node, list) else node[part]
+        node = node.setdefault(part, {})
     node[last] = value
 
 
@@ -91,7 +103,6 @@ def _dtype_name(dtype: Any) -> str:
     return name
 
 
-
 class _DropOcdbtMergeNotice(logging.Filter):
     """Orbax warns on every non-OCDBT save that it skips the OCDBT merge; that is expected here."""
 
@@ -99,8 +110,8 @@ class _DropOcdbtMergeNotice(logging.Filter):
         return "Skipping merge of OCDBT" not in record.getMessage()
 
 
-def _group_writer():
-    """A synchronous orbax checkpointer for groups of host arrays (no OCDBT, no defensive copies)."""
+def _leaf_writer():
+    """A synchronous orbax checkpointer for host arrays (no OCDBT, no defensive copies)."""
     import orbax.checkpoint as ocp
 
     registry = ocp.type_handlers.create_type_handler_registry(
@@ -111,45 +122,39 @@ def _group_writer():
 
 def write_converted(cfg: ModelConfig, items: Iterable[tuple[str, np.ndarray]], out: str,
                     extra_files: Sequence[str] = (), source: dict | None = None, clean_partial: bool = False) -> str:
-    """Write params streamed as (dotted path, array) pairs to a converted directory at `out`.
+    """Write params streamed as (dotted leaf path, whole leaf) pairs to a converted directory at `out`.
 
-    Each group is saved with orbax as soon as all its arrays have arrived and then dropped. The
-    directory is built in a temporary sibling and renamed only when complete; on any error the
-    temporary is removed and `out` is never touched. Partial outputs of interrupted runs beside `out`
-    are handled by `files.check_partials` (`clean_partial` removes those whose writer is unknown).
+    Each leaf (per-layer ones as their [L, ...] stack) is saved with orbax as soon as it arrives and
+    then dropped. The directory is built in a temporary sibling and renamed only when complete; on any
+    error the temporary is removed and `out` is never touched. Partial outputs of interrupted runs beside
+    `out` are handled by `files.check_partials` (`clean_partial` removes those whose writer is unknown).
     """
     import orbax.checkpoint as ocp
 
-    groups = group_paths(cfg)
-    shapes, dtype = param_shapes(cfg), np.dtype(cfg.param_dtype)
+    shapes, dtype = leaf_shapes(cfg), np.dtype(cfg.param_dtype)
     notice = _DropOcdbtMergeNotice()
     logging.getLogger("absl").addFilter(notice)
     try:
         with files.atomic_dir(out, clean_partial) as tmp:
-            ckptr = _group_writer()
-            pending: dict[str, dict[str, np.ndarray]] = {}
-            done = set()
+            ckptr, done = _leaf_writer(), set()
             for path, arr in items:
-                g = group_of(path)
-                if g not in groups or path not in groups[g] or g in done or path in pending.get(g, {}):
+                if path not in shapes or path in done:
                     raise ValueError(f"unexpected or repeated params path {path!r}")
-                if arr.shape != tuple(get_path(shapes, path)) or arr.dtype != dtype:
+                if arr.shape != shapes[path] or arr.dtype != dtype:
                     raise ValueError(f"params {path}: got {arr.dtype}{list(arr.shape)}, expected "
-                                     f"{dtype}{list(get_path(shapes, path))}")
-                pending.setdefault(g, {})[path] = arr
-                if len(pending[g]) == len(groups[g]):
-                    tree = {_leaf_name(p): a for p, a in pending.pop(g).items()}
-                    save_args = {k: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES) for k in tree}
-                    ckptr.save(os.path.join(tmp, "params", g), args=ocp.args.PyTreeSave(tree, save_args=save_args))
-                    del tree
-                    release_memory()
-                    done.add(g)
-            missing = [p for g, ps in groups.items() if g not in done for p in ps
-                       if p not in pending.get(g, {})]
+                                     f"{dtype}{list(shapes[path])}")
+                tree = {_leaf_name(path): arr}
+                del arr
+                save_args = {k: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES) for k in tree}
+                ckptr.save(os.path.join(tmp, "params", path), args=ocp.args.PyTreeSave(tree, save_args=save_args))
+                del tree
+                release_memory()
+                done.add(path)
+            missing = [p for p in shapes if p not in done]
             if missing:
                 raise ValueError(f"params stream ended without: {', '.join(missing)}")
             manifest = {"format": FORMAT, "family": cfg.family, "param_dtype": cfg.param_dtype,
-                        "groups": groups, "source": source or {}}
+                        "params": {p: list(s) for p, s in shapes.items()}, "source": source or {}}
             files.write_json(os.path.join(tmp, MANIFEST), manifest)
             files.write_json(os.path.join(tmp, MODEL_CONFIG), cfg.to_dict())
             for f in extra_files:
@@ -168,16 +173,14 @@ def release_memory() -> None:
 
 
 def save(cfg: ModelConfig, params: dict, out: str) -> str:
-    """Write in-memory params as a converted directory (the format `load` reads fastest)."""
-    dtype = np.dtype(cfg.param_dtype)
-    items = ((p, np.asarray(get_path(params, p)).astype(dtype, copy=False))
-             for ps in group_paths(cfg).values() for p in ps)
+    """Write in-memory params (the new layout) as a converted directory (the format `load` reads fastest)."""
+    dtype, flat, shapes = np.dtype(cfg.param_dtype), flatten(params), leaf_shapes(cfg)
+    if set(flat) != set(shapes):
+        some = lambda xs: ", ".join(sorted(xs)[:4]) + (f" (+{len(xs) - 4} more)" if len(xs) > 4 else "") or "none"
+        raise ValueError(f"params do not match the config's layout (the model's stacked state as a dict): "
+                         f"missing {some(set(shapes) - set(flat))}; unexpected {some(set(flat) - set(shapes))}")
+    items = ((p, np.asarray(flat[p]).astype(dtype, copy=False)) for p in shapes)
     return write_converted(cfg, items, out, source={"from": "save"})
-
-
-def _skeleton(cfg: ModelConfig) -> dict:
-    return {"embed": None, "layers": [{} for _ in range(cfg.n_layers)], "final_norm": None,
-            "lm_head": None}
 
 
 def _sharding_at(shardings: Any, path: str):
@@ -193,8 +196,9 @@ def load(path: str, dtype: Any = None, shardings: Any = None) -> tuple[ModelConf
     """Load (ModelConfig, params) from a converted directory or straight from a published HF one.
 
     `dtype` ("bfloat16" / "float32") casts the params; default keeps the checkpoint's. `shardings`
-    is an optional pytree of `jax.sharding.Sharding` shaped like the params: arrays are restored
-    straight into those shardings (orbax restore targets carry them).
+    is an optional pytree of `jax.sharding.Sharding` shaped like the params: each leaf is restored
+    straight into its sharding (orbax restore targets carry them; HF tensors go through
+    `jax.make_array_from_callback`).
     """
     if os.path.isfile(os.path.join(path, MANIFEST)):
         return _load_converted(path, dtype, shardings)
@@ -206,8 +210,10 @@ def load(path: str, dtype: Any = None, shardings: Any = None) -> tuple[ModelConf
 
 def read_config(path: str) -> ModelConfig:
     """The ModelConfig of a converted or Hugging Face checkpoint directory, checked, without its params;
-    a bad or missing file is an InputError naming it (cheap: call it before any long work)."""
+    a bad or missing file, or a converted directory of an older format, is an InputError naming it
+    (cheap: call it before any long work)."""
     if os.path.isfile(os.path.join(path, MANIFEST)):
+        _read_manifest(path)
         return read_model_config(os.path.join(path, MODEL_CONFIG))
     if os.path.isfile(os.path.join(path, "config.json")):
         return read_hf_config(path)
@@ -216,8 +222,15 @@ def read_config(path: str) -> ModelConfig:
 
 def _read_manifest(path: str) -> dict:
     manifest = read_json(os.path.join(path, MANIFEST))
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+    got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+    if got in OLD_FORMATS:
+        family = manifest.get("family") if manifest.get("family") in ("llada", "dream") else "<llada|dream>"
+        source = manifest.get("source")
+        hf_dir = source.get("hf_dir") if isinstance(source, dict) and source.get("hf_dir") else "<published dir>"
+        raise InputError(f"{path} was converted by an older version of d2cache-jax (format {got!r}, this version "
+                         f"reads {FORMAT!r}); convert the model again: python -m checkpoints_convert.{family} "
+                         f"--hf_dir={hf_dir} --out=<new dir>")
+    if got != FORMAT:
         raise InputError(f"{path}/{MANIFEST}: format {got!r}, expected {FORMAT!r}")
     return manifest
 
@@ -230,8 +243,8 @@ def _why(e: BaseException) -> str:
     return line.split("; at byte")[0][:300]
 
 
-def _restore_group(ckptr: Any, item: str, target: dict) -> dict:
-    """Restore one group; a missing, truncated or garbage file is an InputError naming the group."""
+def _restore_item(ckptr: Any, item: str, target: dict) -> dict:
+    """Restore one leaf's item; a missing, truncated or garbage file is an InputError naming the leaf."""
     try:
         return ckptr.restore(item, target)
     except Exception as e:  # orbax and TensorStore raise plain Exception / ValueError / OSError
@@ -243,7 +256,7 @@ def _restore_group(ckptr: Any, item: str, target: dict) -> dict:
         gc.collect()
     finally:
         sys.unraisablehook = hook
-    raise InputError(f"damaged converted checkpoint: params group {os.path.basename(item)} ({item}) cannot "
+    raise InputError(f"damaged converted checkpoint: params leaf {os.path.basename(item)} ({item}) cannot "
                      f"be read: {why}; convert the model again")
 
 
@@ -254,34 +267,30 @@ def _load_converted(path: str, dtype: Any, shardings: Any) -> tuple[ModelConfig,
     cfg = read_model_config(os.path.join(path, MODEL_CONFIG))
     if dtype is not None:
         cfg = cfg.replace(param_dtype=_dtype_name(dtype))
-    groups = group_paths(cfg)
-    if manifest.get("groups") != groups:
-        raise InputError(f"{path}/{MANIFEST}: groups do not match {MODEL_CONFIG}")
-    shapes, params = param_shapes(cfg), _skeleton(cfg)
-    ckptr = ocp.StandardCheckpointer()
-    for g, paths in groups.items():
-        item = os.path.join(path, "params", g)
+    shapes = leaf_shapes(cfg)
+    if manifest.get("params") != {p: list(s) for p, s in shapes.items()}:
+        raise InputError(f"{path}/{MANIFEST}: its params leaves and shapes do not match {MODEL_CONFIG}; "
+                         "convert the model again")
+    ckptr, flat = ocp.StandardCheckpointer(), {}
+    for p, shape in shapes.items():
+        item = os.path.join(path, "params", p)
         if not os.path.isdir(item):
-            raise InputError(f"damaged converted checkpoint: missing params group {g} ({item}); "
+            raise InputError(f"damaged converted checkpoint: missing params leaf {p} ({item}); "
                              "convert the model again")
-        target = {_leaf_name(p): jax.ShapeDtypeStruct(tuple(get_path(shapes, p)), cfg.param_dtype,
-                                                      sharding=_sharding_at(shardings, p)) for p in paths}
-        restored = _restore_group(ckptr, item, target)
-        for p in paths:
-            set_path(params, p, restored[_leaf_name(p)])
-    return cfg, params
+        target = {_leaf_name(p): jax.ShapeDtypeStruct(shape, cfg.param_dtype, sharding=_sharding_at(shardings, p))}
+        flat[p] = _restore_item(ckptr, item, target)[_leaf_name(p)]
+    return cfg, nest(flat)
 
 
 def _load_hf(path: str, dtype: Any, shardings: Any) -> tuple[ModelConfig, dict]:
     from d2cache_jax.hf.reader import inspect_hf, iter_params
 
     src = inspect_hf(path, dtype=None if dtype is None else _dtype_name(dtype))
-    params = _skeleton(src.cfg)
+    flat = {}
     for p, arr in iter_params(src):
-        # Each device gets only its slice; also right on several hosts (every one reads the tensor).
+        # The whole stacked leaf on the host; each device gets only its slice (also right on several
+        # hosts: every one reads the leaf).
         arr_of = lambda idx, a=arr: a[idx]
-        set_path(params, p, jax.make_array_from_callback(arr.shape, _sharding_at(shardings, p), arr_of))
-        del arr
-    return src.cfg, params
-
-
+        flat[p] = jax.make_array_from_callback(arr.shape, _sharding_at(shardings, p), arr_of)
+        del arr, arr_of
+    return src.cfg, nest(flat)

@@ -1,7 +1,10 @@
 """Per-device memory estimate of a generation run on a mesh, printed before a run, and a fit check.
 
-    params       every params leaf's shard (the partition rules of `d2cache_jax.sharding`)
-    state        the GenState with its cache (shapes from `jax.eval_shape` of the cache's `init`)
+    params       every params leaf's shard (the stacked [L, ...] leaves with the modules' logical axes,
+                 by the partition rules of `d2cache_jax.sharding`; the layer axis is never split)
+    state        the GenState with its cache (shapes from `jax.eval_shape` of the cache's `init`: stacked
+                 K/V [L, B, T, Hkv, hd], split over data and kv heads; dLLM-Cache's [L, B, T, d] row outputs
+                 over data only)
     activations  the live intermediates of one full pass (every cache's first step is one): the new
                  cache it builds while the loop's carry still holds the old one, the
                  residual stream, q/k/v with their float32 RoPE copies, the float32 scores and

@@ -1,24 +1,36 @@
-"""The bidirectional Transformer shared by LLaDA and Dream, as pure functions over a params pytree.
+"""The bidirectional Transformer shared by LLaDA and Dream, as Flax NNX modules with scanned layers.
 
-Params layout (JAX `[in, out]` order, heads kept as their own axis so sharding rules can name them):
+`Transformer(cfg, rngs=...)` holds an embedding, one `Block` whose parameters are stacked on a leading
+layer axis (built with `nnx.vmap`), a final RMSNorm and the output head. Calls run the stack with
+`jax.lax.scan`, so a traced program holds one layer whatever the depth.
 
-    embed [V, d]; final_norm [d]; lm_head [d, V]
-    layers[i]: attn_norm [d]; wq [d, H, hd]; wk, wv [d, Hkv, hd]; (bq [H, hd]; bk, bv [Hkv, hd]);
-               wo [H, hd, d]; mlp_norm [d]; w_gate, w_up [d, F]; w_down [F, d]
+The params pytree everything else passes around (jitted steps, caches, checkpoints, shardings) is the
+model's `nnx.State` as a pure dict, JAX `[in, out]` order with heads on their own axis:
 
-Every layer can run on a *subset of rows*: `q_idx [B, Q]` names the sequence positions whose
-queries, keys and values are recomputed; their fresh K/V are written into a full-length cache and
-attention runs over that cache. An index equal to T marks an unused slot: its gather is clamped and
-its scatter dropped, so static-shape selections never write into real rows.
+    embed.embedding [V, d]; final_norm.scale [d]; lm_head [d, V]
+    layers.attn_norm.scale [L, d]; layers.attn.{wq [L,d,H,hd]; wk, wv [L,d,Hkv,hd]; wo [L,H,hd,d];
+    (bq [L,H,hd]; bk, bv [L,Hkv,hd])}; layers.mlp_norm.scale [L, d];
+    layers.mlp.{w_gate, w_up [L,d,F]; w_down [L,F,d]}
+
+`bind(cfg, params)` merges such a dict into modules (inside jit it costs nothing at run time). Each
+parameter carries its logical axes (`sharding_names`) for `d2cache_jax.sharding`; the layer axis is
+never sharded.
+
+Every layer can run on a *subset of rows*: `q_idx [B, Q]` names the sequence positions whose queries,
+keys and values are recomputed; their fresh K/V are written into the full-length cache and attention
+runs over that cache. An index equal to T marks an unused slot: its gather is clamped and its scatter
+dropped, so static-shape selections never write into real rows.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from d2cache_jax.config import ModelConfig
 
@@ -27,7 +39,7 @@ F32 = jnp.float32
 
 
 class LayerKV(NamedTuple):
-    """Post-RoPE keys and values of one layer for every position: [B, T, Hkv, hd]."""
+    """Post-RoPE keys and values: [L, B, T, Hkv, hd] for a stack, [B, T, Hkv, hd] for one layer."""
 
     k: jax.Array
     v: jax.Array
@@ -36,6 +48,8 @@ class LayerKV(NamedTuple):
 def dtype_of(cfg: ModelConfig):
     return jnp.dtype(cfg.param_dtype)
 
+
+# --- plain functions (shared by the modules and the caches) ----------------------------------------
 
 def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
     """RMSNorm in float32, cast back before the weight as the PyTorch references do."""
@@ -63,16 +77,6 @@ def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(m, axis=1) - 1, 0) * m
 
 
-def qkv(lp: Params, cfg: ModelConfig, h: jax.Array, pos: jax.Array):
-    """Project normed hidden rows h [B, S, d] to post-RoPE q [B,S,H,hd] and k, v [B,S,Hkv,hd]."""
-    q = jnp.einsum("bsd,dnh->bsnh", h, lp["wq"])
-    k = jnp.einsum("bsd,dnh->bsnh", h, lp["wk"])
-    v = jnp.einsum("bsd,dnh->bsnh", h, lp["wv"])
-    if cfg.qkv_bias:
-        q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
-    return rope(q, pos, cfg.rope_theta), rope(k, pos, cfg.rope_theta), v
-
-
 def attention(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
               need_weights: bool = False):
     """Bidirectional attention of q [B,Q,H,hd] over k, v [B,T,Hkv,hd]; key_mask [B,T] bool.
@@ -91,75 +95,267 @@ def attention(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array, key_ma
     return o, w
 
 
-def mlp(lp: Params, x: jax.Array) -> jax.Array:
-    gate = jnp.einsum("bsd,df->bsf", x, lp["w_gate"])
-    up = jnp.einsum("bsd,df->bsf", x, lp["w_up"])
-    return jnp.einsum("bsf,fd->bsd", jax.nn.silu(gate) * up, lp["w_down"])
-
-
-def block(lp: Params, cfg: ModelConfig, x: jax.Array, pos: jax.Array, key_mask: jax.Array,
-          kv: LayerKV | None = None, q_idx: jax.Array | None = None, need_weights: bool = False):
-    """One pre-norm layer over the rows x [B,Q,d] at positions pos [B,Q].
-
-    With `kv=None` the rows are the whole sequence (Q == T) and attend to themselves. With a cache,
-    the rows' fresh K/V are scattered into `kv` at `q_idx` (out-of-range = dropped) and the rows
-    attend over the updated cache. Returns (x, new LayerKV, head-mean weights or None).
-    """
-    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
-    q, k, v = qkv(lp, cfg, h, pos)
-    if kv is None:
-        new_kv = LayerKV(k, v)
-    else:
-        bidx = jnp.arange(x.shape[0])[:, None]
-        new_kv = LayerKV(kv.k.at[bidx, q_idx].set(k, mode="drop"),
-                         kv.v.at[bidx, q_idx].set(v, mode="drop"))
-    o, w = attention(cfg, q, new_kv.k, new_kv.v, key_mask, need_weights)
-    x = x + jnp.einsum("bqnh,nhd->bqd", o, lp["wo"])
-    x = x + mlp(lp, rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps))
-    return x, new_kv, w
-
-
-def embed(params: Params, tokens: jax.Array) -> jax.Array:
-    return jnp.take(params["embed"], tokens, axis=0)
-
-
-def head(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
-    """Final norm and output head in float32: x [B,S,d] -> logits [B,S,V]."""
-    h = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
-    return jnp.einsum("bsd,dv->bsv", h, params["lm_head"], preferred_element_type=F32)
-
-
 def gather_rows(x: jax.Array, idx: jax.Array) -> jax.Array:
     """x [B,T,...] at idx [B,Q]; out-of-range indices read the last row (their results are unused)."""
     idx = jnp.minimum(idx, x.shape[1] - 1)
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
+def scatter_rows(x: jax.Array, idx: jax.Array, rows: jax.Array) -> jax.Array:
+    """x [B,T,...] with rows [B,Q,...] written at idx [B,Q]; index T (unused slot) writes nothing."""
+    return x.at[jnp.arange(x.shape[0])[:, None], idx].set(rows.astype(x.dtype), mode="drop")
+
+
+# --- modules ---------------------------------------------------------------------------------------
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], dtype, axes: tuple[str | None, ...],
+           fan_in: int | None = None, fill: float | None = None) -> nnx.Param:
+    """A parameter with its logical axes: normal(0, 1/fan_in) for weights, a constant for norms/biases."""
+    if fill is not None:
+        value = jnp.full(shape, fill, dtype)
+    else:
+        value = (jax.random.normal(rngs.params(), shape, F32) / jnp.sqrt(F32(fan_in))).astype(dtype)
+    return nnx.Param(value, eager_sharding=False, sharding_names=axes)
+
+
+class Embed(nnx.Module):
+    """Token embedding table [V, d]."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.embedding = _param(rngs, (cfg.vocab_size, cfg.d_model), dtype_of(cfg), ("vocab", "embed"), fan_in=1)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], tokens, axis=0)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.scale = _param(rngs, (cfg.d_model,), dtype_of(cfg), ("embed",), fill=1.0)
+        self.eps = cfg.rms_norm_eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return rms_norm(x, self.scale[...], self.eps)
+
+
+class Attention(nnx.Module):
+    """Q/K/V projections (with Dream's biases), RoPE, and the output projection."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, h, kv, hd, dt = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, dtype_of(cfg)
+        self.cfg = cfg
+        self.wq = _param(rngs, (d, h, hd), dt, ("embed", "heads", "head_dim"), fan_in=d)
+        self.wk = _param(rngs, (d, kv, hd), dt, ("embed", "kv_heads", "head_dim"), fan_in=d)
+        self.wv = _param(rngs, (d, kv, hd), dt, ("embed", "kv_heads", "head_dim"), fan_in=d)
+        if cfg.qkv_bias:
+            self.bq = _param(rngs, (h, hd), dt, ("heads", "head_dim"), fill=0.0)
+            self.bk = _param(rngs, (kv, hd), dt, ("kv_heads", "head_dim"), fill=0.0)
+            self.bv = _param(rngs, (kv, hd), dt, ("kv_heads", "head_dim"), fill=0.0)
+        self.wo = _param(rngs, (h, hd, d), dt, ("heads", "head_dim", "embed"), fan_in=h * hd)
+
+    def values(self, h: jax.Array) -> jax.Array:
+        """V [B,S,Hkv,hd] of normed rows h [B,S,d] (V carries no RoPE)."""
+        v = jnp.einsum("bsd,dnh->bsnh", h, self.wv[...])
+        return v + self.bv[...] if self.cfg.qkv_bias else v
+
+    def qkv(self, h: jax.Array, pos: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Normed rows h [B,S,d] at positions pos [B,S] -> post-RoPE q [B,S,H,hd], k and v [B,S,Hkv,hd]."""
+        q = jnp.einsum("bsd,dnh->bsnh", h, self.wq[...])
+        k = jnp.einsum("bsd,dnh->bsnh", h, self.wk[...])
+        if self.cfg.qkv_bias:
+            q, k = q + self.bq[...], k + self.bk[...]
+        theta = self.cfg.rope_theta
+        return rope(q, pos, theta), rope(k, pos, theta), self.values(h)
+
+    def out(self, o: jax.Array) -> jax.Array:
+        return jnp.einsum("bqnh,nhd->bqd", o, self.wo[...])
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f, dt = cfg.d_model, cfg.mlp_hidden, dtype_of(cfg)
+        self.w_gate = _param(rngs, (d, f), dt, ("embed", "mlp"), fan_in=d)
+        self.w_up = _param(rngs, (d, f), dt, ("embed", "mlp"), fan_in=d)
+        self.w_down = _param(rngs, (f, d), dt, ("mlp", "embed"), fan_in=f)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gate = jnp.einsum("bsd,df->bsf", x, self.w_gate[...])
+        up = jnp.einsum("bsd,df->bsf", x, self.w_up[...])
+        return jnp.einsum("bsf,fd->bsd", jax.nn.silu(gate) * up, self.w_down[...])
+
+
+class Block(nnx.Module):
+    """One pre-norm layer: attention and MLP with residuals."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.attn_norm = RMSNorm(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, pos: jax.Array, key_mask: jax.Array, kv: LayerKV | None = None,
+                 q_idx: jax.Array | None = None, need_weights: bool = False):
+        """The rows x [B,Q,d] at positions pos [B,Q].
+
+        With `kv=None` the rows are the whole sequence (Q == T) and attend to themselves. With a cache
+        (this layer's [B,T,Hkv,hd]), the rows' fresh K/V are scattered into it at `q_idx` and the rows
+        attend over the updated cache. Returns (x, the layer's LayerKV, head-mean weights or None).
+        """
+        q, k, v = self.attn.qkv(self.attn_norm(x), pos)
+        new_kv = LayerKV(k, v) if kv is None else LayerKV(scatter_rows(kv.k, q_idx, k), scatter_rows(kv.v, q_idx, v))
+        o, w = attention(self.cfg, q, new_kv.k, new_kv.v, key_mask, need_weights)
+        x = x + self.attn.out(o)
+        return x + self.mlp(self.mlp_norm(x)), new_kv, w
+
+
 class RowsOut(NamedTuple):
     hidden: jax.Array  # [B, Q, d] last-layer hidden states of the selected rows (before final norm)
-    kv: list  # per-layer LayerKV after this pass
-    attn: list | None  # per-layer head-mean attention [B, Q, T] if asked
+    kv: LayerKV  # [L, B, T, Hkv, hd] after this pass
+    attn: jax.Array | None  # [L, B, Q, T] head-mean attention per layer, if asked
+
+
+class Transformer(nnx.Module):
+    """LLaDA or Dream: embedding, `n_layers` stacked blocks, final norm, output head."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = Embed(cfg, rngs=rngs)
+
+        @nnx.split_rngs(splits=cfg.n_layers)
+        @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
+        def stack(r: nnx.Rngs) -> Block:
+            return Block(cfg, rngs=r)
+
+        self.layers = stack(rngs)
+        self.final_norm = RMSNorm(cfg, rngs=rngs)
+        self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), dtype_of(cfg), ("embed", "vocab"),
+                              fan_in=cfg.d_model)
+
+    def scan_layers(self, body: Callable, carry: Any, xs: Any = None) -> tuple[Any, Any]:
+        """`jax.lax.scan` over the layer stack: body(block, carry, x) -> (carry, y), one layer traced."""
+        graphdef, stacked = nnx.split(self.layers)
+
+        def step(c, inputs):
+            layer_state, x = inputs
+            return body(nnx.merge(graphdef, layer_state), c, x)
+
+        return jax.lax.scan(step, carry, (stacked, xs))
+
+    def layer(self, i: int | jax.Array) -> Block:
+        """Block i of the stack (a dynamic index is fine inside jit)."""
+        graphdef, stacked = nnx.split(self.layers)
+        return nnx.merge(graphdef, jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, False), stacked))
+
+    def rows(self, tokens: jax.Array, positions: jax.Array, key_mask: jax.Array, q_idx: jax.Array | None = None,
+             kv: LayerKV | None = None, need_weights: bool = False) -> RowsOut:
+        """Run every layer on the rows `q_idx` of the canvas `tokens [B,T]`.
+
+        `kv=None` is the full pass (all T rows, q_idx ignored); otherwise the rows read and update the
+        stacked caches `kv`, carried through the scan and written in place. One selection is shared by
+        every layer (prefix/dual cache, d2Cache).
+        """
+        if kv is None:
+            def full(blk, x, _):
+                x, layer_kv, w = blk(x, positions, key_mask, need_weights=need_weights)
+                return x, (layer_kv, w)
+
+            x, (new_kv, w) = self.scan_layers(full, self.embed(tokens))
+            return RowsOut(x, new_kv, w)
+
+        pos = gather_rows(positions, q_idx)
+        bidx = jnp.arange(tokens.shape[0])[:, None]
+
+        def part(blk, carry, i):
+            x, cache = carry
+            h = blk.attn_norm(x)
+            q, k, v = blk.attn.qkv(h, pos)
+            cache = LayerKV(cache.k.at[i, bidx, q_idx].set(k.astype(cache.k.dtype), mode="drop"),
+                            cache.v.at[i, bidx, q_idx].set(v.astype(cache.v.dtype), mode="drop"))
+            o, w = attention(self.cfg, q, cache.k[i], cache.v[i], key_mask, need_weights)
+            x = x + blk.attn.out(o)
+            return (x + blk.mlp(blk.mlp_norm(x)), cache), w
+
+        (x, new_kv), w = self.scan_layers(part, (self.embed(gather_rows(tokens, q_idx)), kv),
+                                          jnp.arange(self.cfg.n_layers))
+        return RowsOut(x, new_kv, w)
+
+    def head(self, x: jax.Array) -> jax.Array:
+        """Final norm and output head in float32: x [B,S,d] -> logits [B,S,V]."""
+        return jnp.einsum("bsd,dv->bsv", self.final_norm(x), self.lm_head[...], preferred_element_type=F32)
+
+    def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        """One full no-cache pass: fp32 logits [B, T, V] (Dream's are returned unshifted)."""
+        if attention_mask is None:
+            attention_mask = jnp.ones(tokens.shape, bool)
+        attention_mask = attention_mask.astype(bool)
+        return self.head(self.rows(tokens, positions_from_mask(attention_mask), attention_mask).hidden)
+
+
+# --- params as a pure dict ---------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=32)
+def _split_abstract(cfg: ModelConfig) -> tuple[Any, Any]:
+    return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+
+
+def abstract_state(cfg: ModelConfig) -> nnx.State:
+    """The model's state with ShapeDtypeStruct values and their logical-axes metadata (no allocation)."""
+    return _split_abstract(cfg)[1]
+
+
+def bind(cfg: ModelConfig, params: Params) -> Transformer:
+    """The modules of `cfg` holding `params` (a pure dict of arrays or tracers)."""
+    return nnx.merge(_split_abstract(cfg)[0], params)
+
+
+def init(cfg: ModelConfig, seed: int = 0) -> Transformer:
+    """A randomly initialised model (the NNX way; `params.init_params` draws the same layout with NumPy)."""
+    return Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def params_of(m: nnx.Module) -> Params:
+    """The pure-dict params of a model."""
+    return nnx.to_pure_dict(nnx.state(m, nnx.Param))
+
+
+def layer_params(params: Params, i: int) -> Params:
+    """Layer i's params (no layer axis), e.g. for `block`."""
+    return jax.tree.map(lambda a: a[i], params["layers"])
+
+
+@functools.lru_cache(maxsize=32)
+def _block_graphdef(cfg: ModelConfig):
+    return nnx.split(nnx.eval_shape(lambda: Block(cfg, rngs=nnx.Rngs(0))))[0]
+
+
+def block_of(cfg: ModelConfig, layer: Params) -> Block:
+    """One block holding a single layer's params (`layer_params`)."""
+    return nnx.merge(_block_graphdef(cfg), layer)
+
+
+def block(lp: Params, cfg: ModelConfig, x: jax.Array, pos: jax.Array, key_mask: jax.Array,
+          kv: LayerKV | None = None, q_idx: jax.Array | None = None, need_weights: bool = False):
+    """`Block.__call__` for one layer's params."""
+    return block_of(cfg, lp)(x, pos, key_mask, kv, q_idx, need_weights)
+
+
+def embed(params: Params, tokens: jax.Array) -> jax.Array:
+    return jnp.take(params["embed"]["embedding"], tokens, axis=0)
+
+
+def head(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
+    """Final norm and output head in float32: x [B,S,d] -> logits [B,S,V]."""
+    h = rms_norm(x, params["final_norm"]["scale"], cfg.rms_norm_eps)
+    return jnp.einsum("bsd,dv->bsv", h, params["lm_head"], preferred_element_type=F32)
 
 
 def forward_rows(cfg: ModelConfig, params: Params, tokens: jax.Array, positions: jax.Array,
-                 key_mask: jax.Array, q_idx: jax.Array | None = None, kv: list | None = None,
+                 key_mask: jax.Array, q_idx: jax.Array | None = None, kv: LayerKV | None = None,
                  need_weights: bool = False) -> RowsOut:
-    """Run every layer on the rows `q_idx` of the canvas `tokens [B,T]`.
-
-    `kv=None` is the full pass (all T rows, q_idx ignored); otherwise the rows read and update the
-    per-layer caches `kv`. One selection is shared by every layer (prefix/dual cache, d2Cache).
-    """
-    if kv is None:
-        x, pos = embed(params, tokens), positions
-    else:
-        x, pos = embed(params, gather_rows(tokens, q_idx)), gather_rows(positions, q_idx)
-    new_kv, attn = [], []
-    for i, lp in enumerate(params["layers"]):
-        x, layer_kv, w = block(lp, cfg, x, pos, key_mask, None if kv is None else kv[i], q_idx,
-                               need_weights)
-        new_kv.append(layer_kv)
-        attn.append(w)
-    return RowsOut(x, new_kv, attn if need_weights else None)
+    """`Transformer.rows` for a params dict."""
+    return bind(cfg, params).rows(tokens, positions, key_mask, q_idx, kv, need_weights)
 
 
 def forward(cfg: ModelConfig, params: Params, tokens: jax.Array,
@@ -168,11 +364,9 @@ def forward(cfg: ModelConfig, params: Params, tokens: jax.Array,
     tokens = jnp.asarray(tokens, jnp.int32)
     if attention_mask is None:
         attention_mask = jnp.ones(tokens.shape, bool)
-    attention_mask = jnp.asarray(attention_mask).astype(bool)
-    return _forward_jit(cfg, params, tokens, attention_mask)
+    return _forward_jit(cfg, params, tokens, jnp.asarray(attention_mask).astype(bool))
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward_jit(cfg, params, tokens, attention_mask):
-    out = forward_rows(cfg, params, tokens, positions_from_mask(attention_mask), attention_mask)
-    return head(params, cfg, out.hidden)
+    return bind(cfg, params)(tokens, attention_mask)

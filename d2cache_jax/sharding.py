@@ -7,12 +7,15 @@ Every array the generation touches is described by logical axes (`batch`, `heads
 replicated instead (GQA: Dream's 4 KV heads on model:8 keep K/V and wk/wv whole on every device
 while the 28 query heads, MLP hidden and vocabulary follow their own divisibility).
 
-    params:   embed [V,d] ('vocab','embed'); wq [d,H,hd] ('embed','heads',None); wk/wv [d,Hkv,hd]
-              ('embed','kv_heads',None); wo [H,hd,d] ('heads',None,'embed'); w_gate/w_up [d,F]
-              ('embed','mlp'); w_down [F,d] ('mlp','embed'); lm_head [d,V] ('embed','vocab')
+    params:   the modules' own `sharding_names` (`params.param_axes`), e.g. embed.embedding [V,d]
+              ('vocab','embed'); layers.attn.wq [L,d,H,hd] (None,'embed','heads','head_dim');
+              layers.mlp.w_down [L,F,d] (None,'mlp','embed'); lm_head [d,V] ('embed','vocab').
+              The layer axis is never sharded.
     state:    [B,...] arrays ('batch', None, ...); scalars and the rng key replicated
-    caches:   K/V [B,T,Hkv,hd] ('batch',None,'kv_heads',None); any other [B,...] ('batch',None,...);
-              a cache method may override this with a `logical_axes(cfg, opts, cache)` attribute.
+    caches:   by type, not shape: `model.LayerKV` K/V [L,B,T,Hkv,hd] (None,'batch','length','kv_heads',
+              'head_dim'); dLLM-Cache's `DllmLayer` the same for k/v and (None,'batch',None,None) for its
+              attn/ffn [L,B,T,d]; any other [B,...] ('batch',None,...). A cache method may override
+              this with a `logical_axes(cfg, opts, cache)` attribute.
 
 Meshes use `AxisType.Auto`: shardings are given at the jit boundary and XLA propagates them.
 """
@@ -28,8 +31,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from d2cache_jax import params as params_lib
 from d2cache_jax.config import ModelConfig
-from d2cache_jax.params import param_shapes
 
 AXES = ("data", "model")
 RULES: dict[str, str | None] = {
@@ -42,16 +45,6 @@ RULES: dict[str, str | None] = {
     "length": None,
     "head_dim": None,
 }
-
-_LAYER_AXES = {
-    "attn_norm": ("embed",), "mlp_norm": ("embed",),
-    "wq": ("embed", "heads", "head_dim"), "wk": ("embed", "kv_heads", "head_dim"),
-    "wv": ("embed", "kv_heads", "head_dim"), "bq": ("heads", "head_dim"),
-    "bk": ("kv_heads", "head_dim"), "bv": ("kv_heads", "head_dim"),
-    "wo": ("heads", "head_dim", "embed"),
-    "w_gate": ("embed", "mlp"), "w_up": ("embed", "mlp"), "w_down": ("mlp", "embed"),
-}
-_TOP_AXES = {"embed": ("vocab", "embed"), "final_norm": ("embed",), "lm_head": ("embed", "vocab")}
 
 Axes = tuple[str | None, ...]
 
@@ -136,10 +129,16 @@ def spec(axes: Axes, shape: Sequence[int], mesh: Any, rules: dict[str, str | Non
 
 
 def param_axes(cfg: ModelConfig) -> dict:
-    """The params tree with each leaf's logical axes."""
-    shapes = param_shapes(cfg)
-    return {**{k: _TOP_AXES[k] for k in ("embed", "final_norm", "lm_head")},
-            "layers": [{k: _LAYER_AXES[k] for k in layer} for layer in shapes["layers"]]}
+    """The params tree with each leaf's logical axes as a tuple (None on the layer axis), from the
+    modules' `sharding_names` metadata."""
+    def axes(p: PartitionSpec, shape: tuple[int, ...]) -> Axes:
+        names = tuple(p) + (None,) * (len(shape) - len(p))
+        if any(not (a is None or isinstance(a, str)) for a in names):
+            raise ValueError(f"logical axes {p} name more than one axis per dimension")
+        return names
+
+    return jax.tree.map(axes, params_lib.param_axes(cfg), params_lib.param_shapes(cfg),
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def _is_axes(x: Any) -> bool:
@@ -159,26 +158,37 @@ def shardings_from_axes(axes_tree: Any, shapes_tree: Any, mesh: Mesh) -> Any:
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:
     """NamedShardings shaped like the params tree (pass to `checkpoint.load` or `jax.device_put`)."""
-    return shardings_from_axes(param_axes(cfg), param_shapes(cfg), mesh)
+    return shardings_from_axes(param_axes(cfg), params_lib.param_shapes(cfg), mesh)
+
+
+KV_AXES: Axes = (None, "batch", "length", "kv_heads", "head_dim")  # [L, B, T, Hkv, hd]
+ROWS_AXES: Axes = (None, "batch", None, None)  # [L, B, T, d] per-layer row outputs (dLLM-Cache)
 
 
 def array_axes(shape: Sequence[int], cfg: ModelConfig, batch: int) -> Axes:
     """Default logical axes of a state or cache array, by shape: a leading batch dim is `batch`,
-    [B,T,Hkv,hd] is K/V, everything else is replicated."""
+    everything else is replicated (K/V caches are recognised by type, see `_leaf_axes`)."""
+    del cfg
     shape = tuple(shape)
     if not shape or shape[0] != batch:
         return (None,) * len(shape)
-    if len(shape) == 4 and shape[2:] == (cfg.n_kv_heads, cfg.head_dim):
-        return ("batch", "length", "kv_heads", "head_dim")
     return ("batch",) + (None,) * (len(shape) - 1)
 
 
 def _leaf_axes(tree: Any, cfg: ModelConfig, batch: int) -> Any:
+    """Logical axes of every array in `tree`: stacked K/V caches by their type, the rest by shape."""
+    from d2cache_jax.cache.dllm import DllmLayer
+    from d2cache_jax.model import LayerKV
+
     def one(x):
+        if isinstance(x, LayerKV):
+            return LayerKV(KV_AXES, KV_AXES)
+        if isinstance(x, DllmLayer):
+            return DllmLayer(KV_AXES, KV_AXES, ROWS_AXES, ROWS_AXES)
         if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
             return (None,) * len(x.shape)  # a typed key: replicated
         return array_axes(np.shape(x), cfg, batch)
-    return jax.tree.map(one, tree)
+    return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, (LayerKV, DllmLayer)))
 
 
 def state_axes(cfg: ModelConfig, opts: Any, state: Any) -> Any:

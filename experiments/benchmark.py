@@ -33,7 +33,7 @@ from d2cache_jax.config import ModelConfig
 from d2cache_jax.decoding.sampling import propose
 from d2cache_jax.generation import generate, make_options
 from d2cache_jax.generation import step as step_lib
-from d2cache_jax.generation.generate import prepare
+from d2cache_jax.generation.generate import lower, prepare
 from d2cache_jax.generation.options import CACHES, GenOptions
 from d2cache_jax.generation.state import GenState
 from d2cache_jax.generation.step import propose_kw
@@ -78,6 +78,9 @@ PLOT = flags.DEFINE_string("plot", None, "With --sweep: draw time per token agai
 EXTRA = flags.DEFINE_string("options", "{}", "JSON dict of extra generation options for every method.")
 PROFILE = flags.DEFINE_bool("profile", False, "Also time one step of each method by phase (timed sub-programs).")
 PROFILE_REPEATS = flags.DEFINE_integer("profile_repeats", 3, "Timed calls per profiled sub-program (median).")
+COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Only lower and compile each cache x decoder program, with "
+                                 "abstract params (nothing allocated): seconds and XLA's memory analysis.")
+LAYERS = flags.DEFINE_integer("layers", None, "Override the preset's number of layers (e.g. 8 vs 32 for compile time).")
 
 
 def machine() -> dict:
@@ -169,6 +172,29 @@ def benchmark(cfg, p, methods, decoders, gen_length, prompt_len, batch_size, rep
     return results
 
 
+def compile_one(cfg: ModelConfig, method: str, decoder: str, gen_length: int, prompt_len: int, batch_size: int,
+                extra: dict) -> dict:
+    """Lower and compile one generation program on abstract params and state: seconds and memory."""
+    opts = {**METHOD_OPTIONS[method], **DECODER_OPTIONS[decoder], "gen_length": gen_length, **extra}
+    if opts.get("block_length") and gen_length % opts["block_length"]:
+        opts["block_length"] = gen_length
+    gopts = make_options(**opts)
+    prompts = [[0] * prompt_len for _ in range(batch_size)]
+    state = jax.eval_shape(lambda: prepare(cfg, prompts, gopts))
+    t0 = time.perf_counter()
+    lowered = lower(cfg, gopts, params_lib.abstract_params(cfg), state)
+    lower_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+              "generated_code_size_in_bytes")
+    return dict(method=method, decoder=decoder, gen_length=gen_length, batch_size=batch_size, lower_s=lower_s,
+                compile_s=compile_s, lower_plus_compile_s=lower_s + compile_s,
+                memory={k: getattr(mem, k, None) for k in fields} if mem is not None else None, options=opts)
+
+
 def generation_flops(cfg: ModelConfig, opts: GenOptions, prompt_len: int, steps: int, recompute_share: float,
                      batch: int) -> float:
     """Analytic FLOPs of one measured generation; d2Cache's later steps take the measured mean bucket."""
@@ -179,13 +205,26 @@ def generation_flops(cfg: ModelConfig, opts: GenOptions, prompt_len: int, steps:
     return flops.generation_flops(cfg, opts, prompt_len, steps, later, batch)
 
 
+def model_config(dtype) -> ModelConfig:
+    """The preset's (or checkpoint's) config in `dtype`, with --layers applied."""
+    if CHECKPOINT.value:
+        from d2cache_jax import checkpoint
+
+        cfg = checkpoint.read_config(CHECKPOINT.value)
+    else:
+        cfg = PRESETS[PRESET.value]()
+    cfg = cfg.replace(param_dtype=dtype)
+    return cfg.replace(n_layers=LAYERS.value) if LAYERS.value else cfg
+
+
 def load_model(dtype):
     if CHECKPOINT.value:
         import d2cache_jax
 
+        if LAYERS.value:
+            raise app.UsageError("--layers applies to presets (random weights), not to --checkpoint")
         return d2cache_jax.load(CHECKPOINT.value, dtype=dtype)
-    cfg = PRESETS[PRESET.value]()
-    cfg = cfg.replace(param_dtype=dtype)
+    cfg = model_config(dtype)
     return cfg, params_lib.init_params(cfg, jax.random.key(0))
 
 
@@ -204,6 +243,22 @@ def main(argv):
     except json.JSONDecodeError as e:
         raise app.UsageError(f"--options is not valid JSON: {e}") from e
     dtype = DTYPE.value or ("float32" if PRESET.value.startswith("cpu") else "bfloat16")
+    if LAYERS.value is not None and LAYERS.value < 1:
+        raise app.UsageError(f"--layers must be at least 1, got {LAYERS.value}")
+    if COMPILE_ONLY.value:
+        cfg = model_config(dtype)
+        doc = dict(preset=None if CHECKPOINT.value else PRESET.value, checkpoint=CHECKPOINT.value,
+                   machine=machine(), dtype=dtype, n_layers=cfg.n_layers, params=params_lib.num_params(cfg),
+                   prompt_len=PROMPT_LEN.value, compile_only=True, results=[])
+        for m in METHODS.value:
+            for d in DECODERS.value:
+                r = compile_one(cfg, m, d, GEN_LENGTH.value, PROMPT_LEN.value, BATCH_SIZE.value, extra)
+                print(json.dumps({k: v for k, v in r.items() if k not in ("options", "memory")}), flush=True)
+                doc["results"].append(r)
+        print(json.dumps(doc, indent=1))
+        if OUTPUT_JSON.value:
+            files.write_json_atomic(OUTPUT_JSON.value, doc)
+        return
     # One device unless --mesh is given (then the mesh's devices, params placed once).
     mesh = distributed.setup().mesh if distributed.MESH.value else None
     cfg, p = load_model(dtype)
@@ -324,21 +379,22 @@ def profile_method(cfg: ModelConfig, p: dict, prompts: list, method: str, gen_le
         ph["layers"] = _ms(part, p, s1, q_idx, kv, repeats=repeats)
         k_new = jax.random.normal(k1, (b, rows, nkv, hd), dt)
         scat = jax.jit(lambda c, qi, x: c.at[jnp.arange(b)[:, None], qi].set(x, mode="drop"))
-        ph["kv_scatter"] = 2 * n_layers * _ms(scat, kv[0].k, q_idx, k_new, repeats=repeats)
+        ph["kv_scatter"] = 2 * n_layers * _ms(scat, kv.k[0], q_idx, k_new, repeats=repeats)
         gath = jax.jit(lambda p, s, qi: (model.embed(p, model.gather_rows(s.tokens, qi)),
                                          model.gather_rows(s.positions, qi)))
         ph["row_gather"] = _ms(gath, p, s1, q_idx, repeats=repeats)
     else:  # dllm, an adaptive step: layer 0 in full, then V-verify and k rows per layer
         x = model.embed(p, s1.tokens)
-        lay0 = jax.jit(lambda lp, x, lc, s: dllm_cache.layer(cfg, lp, x, lc, s.positions, s.key_mask)[0])
-        ph["layer0_full"] = _ms(lay0, p["layers"][0], x, s1.cache[0], s1, repeats=repeats)
+        lay0 = jax.jit(lambda p, x, c, s: dllm_cache.layer(cfg, model.bind(cfg, p).layer(0), x, c, jnp.int32(0),
+                                                           s.positions, s.key_mask)[0])
+        ph["layer0_full"] = _ms(lay0, p, x, s1.cache, s1, repeats=repeats)
         pl = t - g
-        vv_ = jax.jit(lambda lp, x, lc: dllm_cache.v_verify(cfg, lp, x, lc, pl, rows))
-        ph["v_verify"] = (n_layers - 1) * _ms(vv_, p["layers"][1], x, s1.cache[1], repeats=repeats)
-        idx, vc = vv_(p["layers"][1], x, s1.cache[1])
-        lay = jax.jit(lambda lp, x, lc, s, i, vc: dllm_cache.layer(cfg, lp, x, lc, s.positions, s.key_mask, i, vc)[0])
-        ph["layers_adaptive_rows"] = (n_layers - 1) * _ms(lay, p["layers"][1], x, s1.cache[1], s1, idx, vc,
-                                                          repeats=repeats)
+        vv_ = jax.jit(lambda p, x, c: dllm_cache.v_verify(model.bind(cfg, p).layer(1), x, c.v[1], pl, rows))
+        ph["v_verify"] = (n_layers - 1) * _ms(vv_, p, x, s1.cache, repeats=repeats)
+        idx, vals = vv_(p, x, s1.cache)
+        lay = jax.jit(lambda p, x, c, s, i, vals: dllm_cache.layer(cfg, model.bind(cfg, p).layer(1), x, c, jnp.int32(1),
+                                                                   s.positions, s.key_mask, i, (pl, vals))[0])
+        ph["layers_adaptive_rows"] = (n_layers - 1) * _ms(lay, p, x, s1.cache, s1, idx, vals, repeats=repeats)
     hidden = jax.random.normal(k1, (b, head_rows, cfg.d_model), dt)
     hd_fn = jax.jit(lambda p, h: model.head(p, cfg, h))
     ph["head"] = _ms(hd_fn, p, hidden, repeats=repeats)
@@ -346,7 +402,7 @@ def profile_method(cfg: ModelConfig, p: dict, prompts: list, method: str, gen_le
     prop = jax.jit(lambda lg, k: propose(lg, k, **propose_kw(cfg, opts)))
     ph["propose"] = _ms(prop, logits, key, repeats=repeats)
     if method == "d2cache":
-        a = [jax.nn.softmax(jax.random.normal(jax.random.key(i), (b, rows, t)), -1) for i in range(n_layers)]
+        a = jax.nn.softmax(jax.random.normal(jax.random.key(0), (n_layers, b, rows, t)), -1)
         roll = jax.jit(lambda a, qi: rollout.rollout_importance(a, qi, t))
         ph["rollout_importance"] = _ms(roll, a, q_idx, repeats=repeats)
         slots = jax.jit(lambda qi, dens, tok: d2cache._logit_slots(cfg, opts, qi, dens, tok, head_rows))

@@ -170,23 +170,25 @@ def round_to(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def random_params(cfg, seed: int = 0) -> dict:
-    """Random params for `cfg` in NumPy (fast; init_params compiles one op per shape): norms near 1,
-    biases small, matrices scaled by 1/sqrt(fan_in)."""
+    """Random params for `cfg` in NumPy (fast; init_params compiles one op per shape), in the stacked
+    layout of `params.param_shapes`: norms near 1, biases small, matrices scaled by 1/sqrt(fan_in)."""
+    import jax
+
     from d2cache_jax.params import param_shapes
 
     rng = np.random.default_rng(seed)
 
-    def one(name: str, shape: tuple) -> np.ndarray:
+    def one(path, shape: tuple) -> np.ndarray:
+        name = str(path[-1].key)
+        per_layer = shape[1:] if str(path[0].key) == "layers" else shape
         r = rng.standard_normal(shape)
-        if name.endswith("norm"):
+        if name == "scale":  # attn_norm, mlp_norm, final_norm
             r = 1.0 + 0.2 * r
         elif name in ("bq", "bk", "bv"):
             r = 0.1 * r
-        elif name != "embed":
-            r = r / np.sqrt(shape[0] * shape[1] if name == "wo" else shape[0])
+        elif name != "embedding":
+            r = r / np.sqrt(per_layer[0] * per_layer[1] if name == "wo" else per_layer[0])
         return r.astype(np.float32)
 
-    shapes = param_shapes(cfg)
-    return {"embed": one("embed", shapes["embed"]),
-            "layers": [{k: one(k, s) for k, s in layer.items()} for layer in shapes["layers"]],
-            "final_norm": one("final_norm", shapes["final_norm"]), "lm_head": one("lm_head", shapes["lm_head"])}
+    is_shape = lambda x: isinstance(x, tuple) and all(isinstance(d, int) for d in x)
+    return jax.tree.map_with_path(one, param_shapes(cfg), is_leaf=is_shape)

@@ -4,6 +4,7 @@ at a time; the model is the tiny one shipped in d2cache_jax/assets/tiny_arith.""
 
 import json
 import os
+import re
 import shutil
 import stat
 import struct
@@ -201,10 +202,11 @@ def converted(tmp_path_factory):
 # orbax leaves the reads of the other arrays of a failed restore to be collected later (in-process only).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", ["missing", "truncated", "garbage"])
-def test_damaged_converted_checkpoint_names_the_group(converted, tmp_path, damage):
+def test_damaged_converted_checkpoint_names_the_leaf(converted, tmp_path, damage):
     path = str(tmp_path / "ckpt")
     shutil.copytree(converted, path)
-    chunk = os.path.join(path, "params", "layer_002", "w_up", "0.0")
+    item = os.path.join(path, "params", "layers.mlp.w_up")  # every layer's w_up, one item
+    chunk = os.path.join(item, "w_up", "0.0.0")
     size = os.path.getsize(chunk)
     if damage == "missing":
         os.remove(chunk)
@@ -212,12 +214,27 @@ def test_damaged_converted_checkpoint_names_the_group(converted, tmp_path, damag
         os.truncate(chunk, size // 2)
     else:
         write_text(chunk, "x" * size)
-    with pytest.raises(InputError, match=rf"params group layer_002 \({path}/params/layer_002\) cannot be read"
-                                         rf".*{chunk}.*convert the model again"):
+    with pytest.raises(InputError, match=rf"params leaf layers\.mlp\.w_up \({re.escape(item)}\) cannot be read"
+                                         rf".*{re.escape(chunk)}.*convert the model again"):
         load(path)
     if damage == "garbage":  # the command line: one line, no orbax traceback, no noise at exit
         assert_one_line(run_all(("experiments.generate", f"--checkpoint={path}", *GEN))[0],
-                        "damaged converted checkpoint: params group layer_002", only=False)
+                        "damaged converted checkpoint: params leaf layers.mlp.w_up", only=False)
+
+
+def test_v1_converted_checkpoint_on_the_command_line(converted, tmp_path):
+    """A directory of the previous converted format: one error line with the command that converts it again,
+    before anything is generated."""
+    path = str(tmp_path / "old")
+    shutil.copytree(converted, path)
+    with open(os.path.join(path, "manifest.json")) as f:
+        manifest = json.load(f)
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump({**manifest, "format": "d2cache-jax/converted-v1"}, f)
+    rc, stdout, stderr = run_all(("experiments.generate", f"--checkpoint={path}", *GEN))[0]
+    assert_one_line((rc, stdout, stderr), f"{path} was converted by an older version of d2cache-jax",
+                    f"convert the model again: python -m checkpoints_convert.llada --hf_dir={TINY} --out=")
+    assert not stdout.strip()
 
 
 # --- converter inputs: index paths, overlapping tensors, interrupted runs ------------------------

@@ -18,6 +18,7 @@ from d2cache_jax.config import tiny_dream, tiny_llada
 from d2cache_jax.generation.options import make_options
 from d2cache_jax.generation.step import max_steps, scatter_to_gen
 from d2cache_jax.params import init_params
+from tests import reference
 
 # The module (the package re-exports its `generate` function under the same name).
 gen_lib = importlib.import_module("d2cache_jax.generation.generate")
@@ -152,11 +153,11 @@ def dense_logits(cfg, params, tokens, positions, key_mask, fresh, frozen):
     x = model.embed(params, tokens)
     eps = cfg.rms_norm_eps
     f = fresh[:, :, None, None]
-    for lp, kv in zip(params["layers"], frozen):
-        q, k, v = model.qkv(lp, cfg, model.rms_norm(x, lp["attn_norm"], eps), positions)
+    for lp, kv in zip(reference.flat_layers(params), reference.unstack(frozen)):
+        q, k, v = reference.qkv(lp, cfg, model.rms_norm(x, lp["attn_norm"], eps), positions)
         o, _ = model.attention(cfg, q, jnp.where(f, k, kv.k), jnp.where(f, v, kv.v), key_mask)
         x = x + jnp.einsum("bqnh,nhd->bqd", o, lp["wo"])
-        x = x + model.mlp(lp, model.rms_norm(x, lp["mlp_norm"], eps))
+        x = x + reference.mlp(lp, model.rms_norm(x, lp["mlp_norm"], eps))
     return model.head(params, cfg, x)
 
 
@@ -204,7 +205,8 @@ def test_partial_pass_matches_dense_reference(family, name):
         ref = dense_logits(cfg, params, s2.tokens, s2.positions, s2.key_mask, jnp.asarray(fresh), first.cache)
         assert rel_err(part.logits, ref[:, rows]) <= TOL
         assert rel_err(part.logits, exact[:, rows]) > 1e-3  # the change is seen
-        for new, old in zip(part.cache, first.cache):  # rows outside the query set stay frozen
+        # rows outside the query set stay frozen
+        for new, old in zip(reference.unstack(part.cache), reference.unstack(first.cache)):
             np.testing.assert_array_equal(np.asarray(new.k)[~fresh], np.asarray(old.k)[~fresh])
             np.testing.assert_array_equal(np.asarray(new.v)[~fresh], np.asarray(old.v)[~fresh])
 
@@ -264,8 +266,8 @@ def dllm_dense(cfg, params, tokens, positions, key_mask, cache, kind, k):
     resp = np.zeros((b, t), bool)
     resp[:, p:] = True
     out = []
-    for i, (lp, c) in enumerate(zip(params["layers"], cache)):
-        q, kk, v = model.qkv(lp, cfg, model.rms_norm(x, lp["attn_norm"], eps), positions)
+    for i, (lp, c) in enumerate(zip(reference.flat_layers(params), reference.unstack(cache))):
+        q, kk, v = reference.qkv(lp, cfg, model.rms_norm(x, lp["attn_norm"], eps), positions)
         if i == 0 or kind == dllm.FULL:
             fresh = vfresh = np.ones((b, t), bool)
         elif kind == dllm.RESPONSE:
@@ -283,11 +285,11 @@ def dllm_dense(cfg, params, tokens, positions, key_mask, cache, kind, k):
         o, _ = model.attention(cfg, q, kk, v, key_mask)
         a = jnp.where(f3, jnp.einsum("bqnh,nhd->bqd", o, lp["wo"]), c.attn)
         x = x + a
-        m = jnp.where(f3, model.mlp(lp, model.rms_norm(x, lp["mlp_norm"], eps)), c.ffn)
+        m = jnp.where(f3, reference.mlp(lp, model.rms_norm(x, lp["mlp_norm"], eps)), c.ffn)
         x = x + m
         out.append(dllm.DllmLayer(kk, v, a, m))
     shift = 1 if cfg.shift_logits else 0
-    return model.head(params, cfg, x[:, p - shift:t - shift]), out
+    return model.head(params, cfg, x[:, p - shift:t - shift]), reference.stack(out)
 
 
 @pytest.mark.parametrize("family,rou", [("llada", 0.25), ("dream", 0.25), ("llada", 0.05)])

@@ -12,14 +12,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from checkpoints_convert.convert import convert
-from d2cache_jax.checkpoint import load, save
+from d2cache_jax.checkpoint import FORMAT, leaf_shapes, load, nest, read_config, save
+from d2cache_jax.cli import InputError
 from d2cache_jax.config import tiny_dream, tiny_llada
 from d2cache_jax.hf import layout
 from d2cache_jax.hf.safetensors_io import CheckpointError, read_header
-from d2cache_jax.model import forward
+from d2cache_jax.model import forward, layer_params
 from tests import hf_fixtures as H
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "d2cache_jax", "assets", "tiny_arith")
 INDEX = "model.safetensors.index.json"
 
 
@@ -72,10 +74,15 @@ def test_converted_layout_and_files(hf_dir, tmp_path):
     names = set(os.listdir(out))
     assert {"manifest.json", "model_config.json", "params", "tokenizer_config.json",
             "generation_config.json", "chat_template.jinja"} <= names
-    assert sorted(os.listdir(os.path.join(out, "params"))) == ["embed", "final", "layer_000", "layer_001"]
+    shapes = leaf_shapes(cfg)
+    assert sorted(os.listdir(os.path.join(out, "params"))) == sorted(shapes)
+    assert "layers.attn.wq" in shapes and "embed.embedding" in shapes and "lm_head" in shapes
     with open(os.path.join(out, "manifest.json")) as f:
         manifest = json.load(f)
+    assert manifest["format"] == FORMAT == "d2cache-jax/converted-v2"
     assert manifest["family"] == "llada" and manifest["param_dtype"] == "float32"
+    assert manifest["params"] == {p: list(s) for p, s in shapes.items()}
+    assert manifest["params"]["layers.mlp.w_up"] == [H.LAYERS, H.D, H.FF]  # one item holds every layer
     assert cfg.mask_token_id == H.MASK_ID and cfg.n_layers == H.LAYERS
 
 
@@ -83,7 +90,7 @@ def test_single_file_checkpoint(tmp_path, llada_model):
     path = str(tmp_path / "hf1")
     H.write_published(llada_model, "llada", path, torch.bfloat16, num_shards=1)
     cfg, params = load(path)
-    assert cfg.param_dtype == "bfloat16" and params["embed"].dtype == jax.numpy.bfloat16
+    assert cfg.param_dtype == "bfloat16" and params["embed"]["embedding"].dtype == jax.numpy.bfloat16
 
 
 def test_float16_checkpoint_loads_as_float32(tmp_path, llada_model):
@@ -91,8 +98,11 @@ def test_float16_checkpoint_loads_as_float32(tmp_path, llada_model):
     state = H.write_published(llada_model, "llada", path, torch.float16, num_shards=2)
     cfg, params = load(path)
     assert cfg.param_dtype == "float32"
-    np.testing.assert_array_equal(np.asarray(params["embed"]),
+    np.testing.assert_array_equal(np.asarray(params["embed"]["embedding"]),
                                   state["model.transformer.wte.weight"].float().numpy())
+    for i in range(H.LAYERS):  # row i of a stacked leaf is layer i's tensor
+        np.testing.assert_array_equal(np.asarray(params["layers"]["mlp"]["w_up"][i]),
+                                      state[f"model.transformer.blocks.{i}.up_proj.weight"].float().numpy().T)
 
 
 def test_dtype_cast_on_convert(hf_dir, tmp_path):
@@ -107,16 +117,17 @@ def test_load_into_shardings(hf_dir, tmp_path):
     mesh = jax.make_mesh((4,), ("x",), axis_types=(jax.sharding.AxisType.Explicit,))
     named = lambda *spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
     cfg = convert(hf_dir, str(tmp_path / "conv"))
-    specs = {"embed": named("x", None), "final_norm": named(), "lm_head": named(None, "x"),
-             "layers": [{k: named(None, "x", None) if k in ("wq", "wk", "wv") else named()
-                         for k in ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up",
-                                   "w_down")} for _ in range(cfg.n_layers)]}
+    heads = named(None, None, "x", None)  # [L, d, H, hd] split over heads
+    specs = nest({p: named("x", None) if p == "embed.embedding" else named(None, "x") if p == "lm_head"
+                  else heads if p in ("layers.attn.wq", "layers.attn.wk", "layers.attn.wv") else named()
+                  for p in leaf_shapes(cfg)})
     _, ref = load(str(tmp_path / "conv"))
     for path in (str(tmp_path / "conv"), hf_dir):
         _, params = load(path, shardings=specs)
-        assert params["embed"].sharding == specs["embed"]
-        assert params["layers"][1]["wq"].sharding == specs["layers"][1]["wq"]
-        assert len(params["layers"][1]["wq"].addressable_shards) == 4
+        assert params["embed"]["embedding"].sharding == specs["embed"]["embedding"]
+        wq = params["layers"]["attn"]["wq"]
+        assert wq.sharding == heads and len(wq.addressable_shards) == 4
+        assert {sh.data.shape for sh in wq.addressable_shards} == {(cfg.n_layers, cfg.d_model, 1, cfg.head_dim)}
         tree_equal(params, ref)
 
 
@@ -127,6 +138,70 @@ def test_save_load_round_trip(tmp_path):
     cfg2, params2 = load(str(tmp_path / "s"))
     assert cfg2 == cfg
     tree_equal(params2, params)
+    old = {"embed": params["embed"]["embedding"], "layers": [layer_params(params, i) for i in range(cfg.n_layers)]}
+    with pytest.raises(ValueError, match=r"params do not match the config's layout .*: missing embed\.embedding, "
+                                         r"final_norm\.scale, .*; unexpected embed, layers\.\[0\]"):
+        save(cfg, old, str(tmp_path / "old_layout"))
+    assert_nothing_written(str(tmp_path / "old_layout"))
+
+
+def test_converted_and_hf_dir_load_identical(tmp_path):
+    """The shipped model (published LLaDA safetensors) loaded straight from its folder and from its
+    conversion: the same config and the same stacked params, bit for bit, plain and into shardings."""
+    from d2cache_jax import sharding
+
+    out = str(tmp_path / "tiny_conv")
+    convert(TINY, out)
+    cfg_hf, from_hf = load(TINY)
+    cfg_conv, from_conv = load(out)
+    assert cfg_hf == cfg_conv and cfg_hf.param_dtype == "bfloat16"
+    assert from_hf["layers"]["attn"]["wq"].shape == (cfg_hf.n_layers, cfg_hf.d_model, cfg_hf.n_heads,
+                                                     cfg_hf.head_dim)
+    assert jax.tree.structure(from_hf) == jax.tree.structure(from_conv)
+    tree_equal(from_hf, from_conv)
+    mesh = sharding.make_mesh("data:2,model:4")
+    _, a = sharding.load(TINY, mesh)
+    _, b = sharding.load(out, mesh)
+    for x, y, s in zip(jax.tree.leaves(a), jax.tree.leaves(b),
+                       jax.tree.leaves(sharding.param_shardings(cfg_hf, mesh))):
+        assert x.sharding == y.sharding == s
+    tree_equal(a, from_hf)
+    tree_equal(b, from_hf)
+
+
+def test_v1_checkpoint_asks_to_convert_again(tmp_path):
+    """A directory written by the previous format (per-layer groups) is one clear InputError with the command."""
+    out = str(tmp_path / "old")
+    convert(TINY, out)
+    with open(os.path.join(out, "manifest.json")) as f:
+        manifest = json.load(f)
+    v1 = {"format": "d2cache-jax/converted-v1", "family": "llada", "param_dtype": "bfloat16",
+          "groups": {"embed": ["embed"], "layer_000": ["layers.0.wq"]}, "source": manifest["source"]}
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(v1, f)
+    want = (rf"{out} was converted by an older version of d2cache-jax \(format 'd2cache-jax/converted-v1'.*\); "
+            rf"convert the model again: python -m checkpoints_convert\.llada --hf_dir={TINY} --out=")
+    for fn in (load, read_config):
+        with pytest.raises(InputError, match=want):
+            fn(out)
+    v1["source"] = {}  # no source recorded: the command still shows what to fill in
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(v1, f)
+    with pytest.raises(InputError, match=r"convert the model again: python -m checkpoints_convert\.llada "
+                                         r"--hf_dir=<published dir> --out=<new dir>"):
+        load(out)
+
+
+def test_manifest_not_matching_the_config(tmp_path):
+    out = str(tmp_path / "conv")
+    convert(TINY, out)
+    with open(os.path.join(out, "model_config.json")) as f:
+        cfg = json.load(f)
+    with open(os.path.join(out, "model_config.json"), "w") as f:
+        json.dump({**cfg, "n_layers": cfg["n_layers"] + 1}, f)
+    with pytest.raises(InputError, match=r"manifest\.json: its params leaves and shapes do not match "
+                                         r"model_config\.json; convert the model again"):
+        load(out)
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
@@ -294,11 +369,11 @@ def test_error_mid_stream_leaves_nothing(hf_dir, tmp_path, monkeypatch):
     real = conv.read_ours
     calls = {"n": 0}
 
-    def flaky(f, info, e, dt, path="?"):
+    def flaky(f, info, e, dt, path="?", **kw):
         calls["n"] += 1
-        if calls["n"] > 12:  # embed and layer_000 are written by then
+        if calls["n"] > 12:  # the embedding and five stacked leaves are written by then
             raise CheckpointError(f"truncated shard {path}: short read")
-        return real(f, info, e, dt, path)
+        return real(f, info, e, dt, path, **kw)
 
     monkeypatch.setattr(conv, "read_ours", flaky)
     _fails(hf_dir, tmp_path, "short read")

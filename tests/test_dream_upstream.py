@@ -20,6 +20,7 @@ from d2cache_jax.cache import prefix
 from d2cache_jax.config import tiny_dream
 from d2cache_jax.generation.options import make_options
 from d2cache_jax.params import init_params
+from tests import reference
 
 gen_lib = importlib.import_module("d2cache_jax.generation.generate")  # the module, not the function
 
@@ -45,14 +46,14 @@ def dense_logits(cfg, params, tokens, fresh, frozen, pos=None, key_mask=None):
     eps = cfg.rms_norm_eps
     f = fresh[None, :, None, None]
     kvs = []
-    for i, lp in enumerate(params["layers"]):
-        q, k, v = model.qkv(lp, cfg, model.rms_norm(x, lp["attn_norm"], eps), pos)
+    for i, lp in enumerate(reference.flat_layers(params)):
+        q, k, v = reference.qkv(lp, cfg, model.rms_norm(x, lp["attn_norm"], eps), pos)
         kvs.append((k, v))
         if frozen is not None:
             k, v = jnp.where(f, k, frozen[i][0]), jnp.where(f, v, frozen[i][1])
         o, _ = model.attention(cfg, q, k, v, key_mask)
         x = x + jnp.einsum("bqnh,nhd->bqd", o, lp["wo"])
-        x = x + model.mlp(lp, model.rms_norm(x, lp["mlp_norm"], eps))
+        x = x + reference.mlp(lp, model.rms_norm(x, lp["mlp_norm"], eps))
     return model.head(params, cfg, x), kvs
 
 
@@ -118,10 +119,10 @@ def test_dream_partial_pass_keeps_upstreams_stale_row(name):
     part = fwd(params, st.replace(tokens=toks, cache=first.cache, block_step=jnp.int32(1)))
     fresh = np.zeros(t, bool)
     fresh[p + s - 1:(p + e - 1) if name == "dual" else t - 1] = True
-    frozen = [(kv.k, kv.v) for kv in first.cache]
+    frozen = [(kv.k, kv.v) for kv in reference.unstack(first.cache)]
     ref, _ = dense_logits(cfg, params, toks, jnp.asarray(fresh), frozen, st.positions, st.key_mask)
     ref = np.asarray(ref[:, p + s - 1:p + e - 1])
     assert np.abs(np.asarray(part.logits) - ref).max() <= 1e-5 * np.abs(ref).max()
     stale = (p + e - 1) if name == "dual" else t - 1
-    for new, old in zip(part.cache, first.cache):
+    for new, old in zip(reference.unstack(part.cache), reference.unstack(first.cache)):
         np.testing.assert_array_equal(np.asarray(new.k)[:, stale], np.asarray(old.k)[:, stale])

@@ -14,6 +14,7 @@ from d2cache_jax.decoding.select import top_k_mask
 from d2cache_jax.evaluation import compiles
 from d2cache_jax.generation import generate, make_options
 from d2cache_jax.model import forward
+from tests import reference
 
 gen_mod = importlib.import_module("d2cache_jax.generation.generate")
 
@@ -88,16 +89,9 @@ def test_step_compiles_once(llada):
     assert compiles.current().generation_programs == after_first
 
 
-def _prefer(cfg, p, token):
-    """Params whose residual stream keeps a large positive dim 0 that the head maps to `token`."""
-    layers = [dict(lp, wo=lp["wo"].at[..., 0].set(0.0), w_down=lp["w_down"].at[:, 0].set(0.0)) for lp in p["layers"]]
-    return dict(p, embed=p["embed"].at[:, 0].set(100.0), layers=layers,
-                lm_head=p["lm_head"].at[0, token].set(100.0))
-
-
 def test_mask_preferring_model_finishes(llada):
     cfg, p = llada
-    biased = _prefer(cfg, p, cfg.mask_token_id)
+    biased = reference.prefer(p, cfg.mask_token_id)
     assert (np.asarray(forward(cfg, biased, jnp.array([[1, 2, 3]]))).argmax(-1) == cfg.mask_token_id).all()
     # `generate` maps leftover masks to EOS, so drive the step and read the raw canvas.
     opts = make_options(gen_length=16, block_length=8, decoder="threshold")
@@ -112,7 +106,7 @@ def test_mask_preferring_model_finishes(llada):
 
 def test_stop_at_eos(llada):
     cfg, p = llada
-    biased = _prefer(cfg, p, cfg.eos_token_id)
+    biased = reference.prefer(p, cfg.eos_token_id)
     r = generate(cfg, biased, [[1, 2, 3]], gen_length=16, stop_at_eos=True)
     assert r.lengths[0] == 0 and r.stats["steps"] == 1
     r = generate(cfg, biased, [[1, 2, 3]], gen_length=16)

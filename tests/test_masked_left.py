@@ -11,6 +11,7 @@ import pytest
 
 from d2cache_jax import config, params
 from d2cache_jax.generation import step as step_lib
+from tests import reference
 
 gen_lib = importlib.import_module("d2cache_jax.generation.generate")
 PROMPTS = [[1, 2, 3, 4, 5], [9, 8, 7]]
@@ -21,12 +22,6 @@ LOGGER = "d2cache_jax.generation.generate"
 def llada():
     cfg = config.tiny_llada()
     return cfg, params.init_params(cfg, jax.random.key(0))
-
-
-def prefer(p, token):
-    """Params whose residual stream keeps a large dim 0 that the head maps to `token`."""
-    layers = [dict(lp, wo=lp["wo"].at[..., 0].set(0.0), w_down=lp["w_down"].at[:, 0].set(0.0)) for lp in p["layers"]]
-    return dict(p, embed=p["embed"].at[:, 0].set(100.0), layers=layers, lm_head=p["lm_head"].at[0, token].set(100.0))
 
 
 def host_tokens(cfg, p, n_steps, **kw):
@@ -72,7 +67,7 @@ def test_step_limit_reports_masks_before_eos(monkeypatch, caplog):
 
 def test_stop_at_eos_leaves_masks_after_eos_only(caplog):
     cfg, p = llada()
-    biased = prefer(p, cfg.eos_token_id)
+    biased = reference.prefer(p, cfg.eos_token_id)
     kw = dict(gen_length=16, stop_at_eos=True, loop="host")
     gen = host_tokens(cfg, biased, 100, **kw)
     left, before = counts(cfg, gen)

@@ -80,36 +80,57 @@ def test_make_mesh_defaults_to_all_devices_on_data():
 def test_param_rules_llada_and_gqa():
     mesh = mesh_of((2, 4))
     sh = sharding.param_shardings(config.tiny_llada(), mesh)
-    lay = sh["layers"][0]
-    assert sh["embed"].spec == PartitionSpec("model", None) and sh["lm_head"].spec == PartitionSpec(None, "model")
-    assert lay["wq"].spec == lay["wk"].spec == PartitionSpec(None, "model", None)
-    assert lay["wo"].spec == PartitionSpec("model", None, None)
-    assert lay["w_gate"].spec == PartitionSpec(None, "model") and lay["w_down"].spec == PartitionSpec("model", None)
-    assert lay["attn_norm"].spec == PartitionSpec(None) and sh["final_norm"].spec == PartitionSpec(None)
+    att, mlp = sh["layers"]["attn"], sh["layers"]["mlp"]
+    assert sh["embed"]["embedding"].spec == PartitionSpec("model", None)
+    assert sh["lm_head"].spec == PartitionSpec(None, "model")
+    # Stacked leaves: the leading layer axis is never sharded.
+    assert att["wq"].spec == att["wk"].spec == PartitionSpec(None, None, "model", None)
+    assert att["wo"].spec == PartitionSpec(None, "model", None, None)
+    assert mlp["w_gate"].spec == PartitionSpec(None, None, "model")
+    assert mlp["w_down"].spec == PartitionSpec(None, "model", None)
+    assert sh["layers"]["attn_norm"]["scale"].spec == PartitionSpec(None, None)
+    assert sh["final_norm"]["scale"].spec == PartitionSpec(None)
     # Tiny Dream: 2 KV heads do not divide over model:4, so K/V projections are replicated.
-    dl = sharding.param_shardings(config.tiny_dream(), mesh)["layers"][0]
-    assert dl["wq"].spec == PartitionSpec(None, "model", None) and dl["bq"].spec == PartitionSpec("model", None)
-    assert dl["wk"].spec == dl["wv"].spec == PartitionSpec(None, None, None)
-    assert dl["bk"].spec == PartitionSpec(None, None)
-    assert sharding.param_shardings(config.tiny_dream(), mesh_of((4, 2)))["layers"][0]["wk"].spec == \
-        PartitionSpec(None, "model", None)
+    dl = sharding.param_shardings(config.tiny_dream(), mesh)["layers"]["attn"]
+    assert dl["wq"].spec == PartitionSpec(None, None, "model", None)
+    assert dl["bq"].spec == PartitionSpec(None, "model", None)
+    assert dl["wk"].spec == dl["wv"].spec == PartitionSpec(None, None, None, None)
+    assert dl["bk"].spec == PartitionSpec(None, None, None)
+    assert sharding.param_shardings(config.tiny_dream(), mesh_of((4, 2)))["layers"]["attn"]["wk"].spec == \
+        PartitionSpec(None, None, "model", None)
+
+
+def test_param_axes_come_from_the_modules():
+    """The logical axes are the NNX modules' `sharding_names`, one per dimension, None on the layer axis."""
+    for cfg in (config.tiny_llada(), config.tiny_dream()):
+        axes, shapes = sharding.param_axes(cfg), params_lib.param_shapes(cfg)
+        is_shape = lambda x: isinstance(x, tuple) and all(isinstance(d, int) for d in x)
+        flat_axes = jax.tree.leaves(axes, is_leaf=sharding._is_axes)
+        flat_shapes = jax.tree.leaves(shapes, is_leaf=is_shape)
+        assert jax.tree.structure(axes, is_leaf=sharding._is_axes) == jax.tree.structure(shapes, is_leaf=is_shape)
+        assert all(len(a) == len(s) for a, s in zip(flat_axes, flat_shapes))
+        assert all(a[0] is None for a in jax.tree.leaves(axes["layers"], is_leaf=sharding._is_axes))
+        assert axes["layers"]["attn"]["wq"] == (None, "embed", "heads", "head_dim")
+        assert axes["layers"]["mlp"]["w_down"] == (None, "mlp", "embed")
+        assert axes["embed"]["embedding"] == ("vocab", "embed") and axes["lm_head"] == ("embed", "vocab")
 
 
 def test_param_rules_of_the_full_size_models_on_model8():
     mesh = mesh_of((1, 8))
     ll = sharding.param_shardings(config.llada_8b_base(), mesh)
-    assert ll["layers"][0]["wk"].shard_shape((4096, 32, 128)) == (4096, 4, 128)
-    assert ll["layers"][0]["w_up"].shard_shape((4096, 12288)) == (4096, 1536)
-    assert ll["embed"].shard_shape((126464, 4096)) == (15808, 4096)
+    assert ll["layers"]["attn"]["wk"].shard_shape((32, 4096, 32, 128)) == (32, 4096, 4, 128)
+    assert ll["layers"]["mlp"]["w_up"].shard_shape((32, 4096, 12288)) == (32, 4096, 1536)
+    assert ll["embed"]["embedding"].shard_shape((126464, 4096)) == (15808, 4096)
     dr = sharding.param_shardings(config.dream_7b_base(), mesh)
     # 28 query heads and 4 KV heads do not divide by 8: attention weights replicated; MLP and vocab split.
-    assert dr["layers"][0]["wq"].spec == dr["layers"][0]["wk"].spec == PartitionSpec(None, None, None)
-    assert dr["layers"][0]["w_gate"].shard_shape((3584, 18944)) == (3584, 2368)
+    dat = dr["layers"]["attn"]
+    assert dat["wq"].spec == dat["wk"].spec == PartitionSpec(None, None, None, None)
+    assert dr["layers"]["mlp"]["w_gate"].shard_shape((28, 3584, 18944)) == (28, 3584, 2368)
     assert dr["lm_head"].shard_shape((3584, 152064)) == (3584, 19008)
     # On model:4 both divide: 7 query heads and 1 KV head per device.
-    d4 = sharding.param_shardings(config.dream_7b_base(), sharding.make_mesh("data:2,model:4"))["layers"][0]
-    assert d4["wq"].shard_shape((3584, 28, 128)) == (3584, 7, 128)
-    assert d4["wk"].shard_shape((3584, 4, 128)) == (3584, 1, 128)
+    d4 = sharding.param_shardings(config.dream_7b_base(), sharding.make_mesh("data:2,model:4"))["layers"]["attn"]
+    assert d4["wq"].shard_shape((28, 3584, 28, 128)) == (28, 3584, 7, 128)
+    assert d4["wk"].shard_shape((28, 3584, 4, 128)) == (28, 3584, 1, 128)
 
 
 @pytest.mark.parametrize("cache", sorted(METHODS))
@@ -118,15 +139,36 @@ def test_state_rules_of_every_cache(cache, models):
     opts = make_options(cache=cache, **GEN)
     state = gen_mod.prepare(cfg, PROMPTS + [[1]], opts)
     shardings = sharding.state_shardings(cfg, opts, state, mesh_of((2, 4)))
-    for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)):
+    kinds = _cache_kinds(state)
+    assert len(kinds) == len(jax.tree.leaves(state))
+    for x, s, kind in zip(jax.tree.leaves(state), jax.tree.leaves(shardings), kinds):
         spec = tuple(s.spec) + (None,) * (x.ndim - len(s.spec))
-        if x.ndim and x.shape[0] == 4:
-            assert spec[0] == "data", (cache, x.shape, s.spec)
+        if kind == "kv":  # stacked K/V [L, B, T, Hkv, hd]: never the layer axis
+            assert x.shape[:2] == (cfg.n_layers, 4) and spec == (None, "data", None, "model", None), (cache, spec)
+        elif kind == "rows":  # dLLM-Cache's stacked attn/ffn outputs [L, B, T, d]
+            assert x.shape[:2] == (cfg.n_layers, 4) and spec == (None, "data", None, None), (cache, spec)
+        elif x.ndim and x.shape[0] == 4:
+            assert spec[0] == "data" and all(a is None for a in spec[1:]), (cache, x.shape, s.spec)
         else:
             assert all(a is None for a in spec), (cache, x.shape, s.spec)
-        if x.ndim == 4:  # K/V [B, T, Hkv, hd]
-            assert spec == ("data", None, "model", None)
+    if cache != "none":
+        assert "kv" in kinds, cache  # every caching method keeps K/V
+    assert ("rows" in kinds) == (cache == "dllm")
     assert sharding.state_shardings(cfg, opts, state, mesh_of((4, 2))).tokens.spec == PartitionSpec("data", None)
+
+
+def _cache_kinds(state) -> list[str]:
+    """Per leaf of `state`: 'kv' (a LayerKV or DllmLayer k/v), 'rows' (DllmLayer attn/ffn) or 'other'."""
+    from d2cache_jax.cache.dllm import DllmLayer
+    from d2cache_jax.model import LayerKV
+
+    def kinds(x):
+        if isinstance(x, LayerKV):
+            return LayerKV("kv", "kv")
+        if isinstance(x, DllmLayer):
+            return DllmLayer("kv", "kv", "rows", "rows")
+        return "other"
+    return jax.tree.leaves(jax.tree.map(kinds, state, is_leaf=lambda x: isinstance(x, (LayerKV, DllmLayer))))
 
 
 def test_batch_must_divide_the_data_axis(models):
@@ -178,21 +220,25 @@ def test_sharded_generation_matches_one_device(family, cache, shape, models, mon
     assert got.stats["steps"] == want.stats["steps"]
 
     # Params and state really are sharded, and stay so through the loop.
-    w_up = seen["params"]["layers"][0]["w_up"]
-    assert w_up.sharding.spec == PartitionSpec(None, "model" if shape[1] > 1 else None)
+    w_up = seen["params"]["layers"]["mlp"]["w_up"]
+    assert w_up.sharding.spec == PartitionSpec(None, None, "model" if shape[1] > 1 else None)
     assert w_up.sharding.mesh.shape == mesh.shape
-    assert w_up.addressable_shards[0].data.shape == (cfg.d_model, cfg.mlp_hidden // shape[1])
+    assert w_up.addressable_shards[0].data.shape == (cfg.n_layers, cfg.d_model, cfg.mlp_hidden // shape[1])
     rows = -(-len(PROMPTS) // shape[0]) * shape[0]
+    data = "data" if shape[0] > 1 else None
     kv_heads = "model" if shape[1] > 1 and cfg.n_kv_heads % shape[1] == 0 else None
     for state, lay in (seen["placed"], seen["final"]):
         assert state.tokens.shape[0] == rows
-        for x, (spec, mesh_shape, shard) in zip(jax.tree.leaves(state), lay):
+        for x, (spec, mesh_shape, shard), kind in zip(jax.tree.leaves(state), lay, _cache_kinds(state)):
             assert mesh_shape == mesh.shape
-            if x.ndim and x.shape[0] == rows:
-                assert spec[0] == ("data" if shape[0] > 1 else None) and shard[0] == rows // shape[0]
-            if x.ndim == 4:  # K/V
-                assert spec[2] == kv_heads
-                assert shard[2] == cfg.n_kv_heads // (shape[1] if kv_heads else 1)
+            if kind in ("kv", "rows"):  # stacked [L, B, T, ...]: whole layer axis, batch split
+                assert spec[0] is None and shard[0] == cfg.n_layers
+                assert spec[1] == data and shard[1] == rows // shape[0]
+            elif x.ndim and x.shape[0] == rows:
+                assert spec[0] == data and shard[0] == rows // shape[0]
+            if kind == "kv":
+                assert spec[3] == kv_heads
+                assert shard[3] == cfg.n_kv_heads // (shape[1] if kv_heads else 1)
 
     # The whole loop compiled once: new prompts of the same bucket compile nothing.
     before = len(_compiles)
@@ -212,8 +258,9 @@ def test_converted_checkpoint_restores_sharded(models, tmp_path):
     for x, ref, s in zip(jax.tree.leaves(restored), jax.tree.leaves(p), jax.tree.leaves(want)):
         assert x.sharding == s
         np.testing.assert_array_equal(np.asarray(x), np.asarray(ref))
-    wq = restored["layers"][0]["wq"]
-    assert {sh.data.shape for sh in wq.addressable_shards} == {(cfg.d_model, cfg.n_heads // 2, cfg.head_dim)}
+    wq = restored["layers"]["attn"]["wq"]
+    assert {sh.data.shape for sh in wq.addressable_shards} == {(cfg.n_layers, cfg.d_model, cfg.n_heads // 2,
+                                                                cfg.head_dim)}
 
 
 # --- memory estimate ------------------------------------------------------------------------------

@@ -91,8 +91,9 @@ def rows_to_gen(cfg: ModelConfig, rows: jax.Array, prompt_len: int, gen_length: 
     return jnp.where((g >= 0) & (g < gen_length) & (rows < prompt_len + gen_length), g, gen_length)
 
 
-def empty_kv(cfg: ModelConfig, batch: int, total_len: int, dtype) -> list:
+def empty_kv(cfg: ModelConfig, batch: int, total_len: int, dtype):
+    """Zero K/V for every layer, stacked: LayerKV of [L, B, T, Hkv, hd]."""
     from d2cache_jax.model import LayerKV
 
-    shape = (batch, total_len, cfg.n_kv_heads, cfg.head_dim)
-    return [LayerKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.n_layers)]
+    shape = (cfg.n_layers, batch, total_len, cfg.n_kv_heads, cfg.head_dim)
+    return LayerKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))

@@ -60,7 +60,7 @@ N_BUCKETS, BUCKET_GAP = 5, 12  # compiled sizes of the partial step (see `row_bu
 class D2State(NamedTuple):
     """d2Cache's pytree, carried in GenState.cache."""
 
-    kv: list  # per-layer LayerKV [B, T, Hkv, hd]
+    kv: model.LayerKV  # [L, B, T, Hkv, hd]
     conf: jax.Array  # [B, G] f32 confidence cache
     q_idx: jax.Array  # [B, Q] int32 rows to recompute next step, ascending; T = unused slot
     importance: jax.Array  # [B, T] f32 rollout column sums of the last forward
@@ -162,7 +162,7 @@ def forward(cfg, opts, params, state, phase: str | None = None) -> ForwardOut:
     p = t - g
     h_max = budgets(opts, t)[1]
     r = {"first": g, "later": h_max}.get(phase, max(g, h_max))
-    dt = c.kv[0].k.dtype
+    dt = c.kv.k.dtype
     # Rows with nothing to commit this step (done, or idle in the block while batch mates work)
     # recompute nothing and keep their selection, as upstream skips inactive rows: a row's result
     # does not depend on its batch mates.
@@ -175,7 +175,7 @@ def forward(cfg, opts, params, state, phase: str | None = None) -> ForwardOut:
         gen_idx = jnp.broadcast_to(jnp.arange(g, dtype=jnp.int32), (b, g))
         all_rows = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         imp = rollout.rollout_importance(out.attn, all_rows, t)
-        kv = [model.LayerKV(x.k.astype(dt), x.v.astype(dt)) for x in out.kv]
+        kv = jax.tree.map(lambda x: x.astype(dt), out.kv)
         return (*_pad_rows(logits, gen_idx, r, g), kv, imp, jnp.int32(0))
 
     def partial(q, _):

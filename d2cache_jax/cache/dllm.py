@@ -35,7 +35,8 @@ FULL, RESPONSE, PROMPT_ADAPTIVE, ADAPTIVE = range(4)
 
 
 class DllmLayer(NamedTuple):
-    """One layer's cache over all T rows: post-RoPE k, v [B,T,Hkv,hd]; attn, ffn outputs [B,T,d]."""
+    """Every layer's cache over all T rows, stacked: post-RoPE k, v [L,B,T,Hkv,hd]; attn, ffn outputs
+    [L,B,T,d]."""
 
     k: jax.Array
     v: jax.Array
@@ -43,12 +44,12 @@ class DllmLayer(NamedTuple):
     ffn: jax.Array
 
 
-def init(cfg: ModelConfig, opts: GenOptions, batch: int, total_len: int) -> list[DllmLayer]:
+def init(cfg: ModelConfig, opts: GenOptions, batch: int, total_len: int) -> DllmLayer:
     dt = model.dtype_of(cfg)
-    kv_shape = (batch, total_len, cfg.n_kv_heads, cfg.head_dim)
-    out_shape = (batch, total_len, cfg.d_model)
-    return [DllmLayer(jnp.zeros(kv_shape, dt), jnp.zeros(kv_shape, dt), jnp.zeros(out_shape, dt),
-                      jnp.zeros(out_shape, dt)) for _ in range(cfg.n_layers)]
+    kv_shape = (cfg.n_layers, batch, total_len, cfg.n_kv_heads, cfg.head_dim)
+    out_shape = (cfg.n_layers, batch, total_len, cfg.d_model)
+    return DllmLayer(jnp.zeros(kv_shape, dt), jnp.zeros(kv_shape, dt), jnp.zeros(out_shape, dt),
+                     jnp.zeros(out_shape, dt))
 
 
 def num_adaptive(opts: GenOptions) -> int:
@@ -83,57 +84,59 @@ def lowest_k(sim: jax.Array, k: int) -> jax.Array:
     return jnp.sort(idx, axis=-1).astype(jnp.int32)
 
 
-def layer(cfg: ModelConfig, lp: dict, x: jax.Array, lc: DllmLayer, pos: jax.Array, key_mask: jax.Array,
-          idx: jax.Array | None = None, v_cache: jax.Array | None = None) -> tuple[jax.Array, DllmLayer]:
-    """One layer recomputing the rows idx [B,Q] (None = all rows); the others reuse cached outputs.
+def layer(cfg: ModelConfig, blk: model.Block, x: jax.Array, cache: DllmLayer, i: jax.Array, pos: jax.Array,
+          key_mask: jax.Array, idx: jax.Array | None = None,
+          v_new: tuple[int, jax.Array] | None = None) -> tuple[jax.Array, DllmLayer]:
+    """Layer i recomputing the rows idx [B,Q] (None = all rows); the others reuse cached outputs.
 
-    `v_cache` replaces the cached V before the rows' fresh V are written (V-verify's overwrite).
+    The stacked `cache` is updated in place at layer i. `v_new = (p, V)` first overwrites the cached
+    V of rows p.. with V (V-verify's overwrite), before the rows' fresh V are written.
     """
-    eps = cfg.rms_norm_eps
     if idx is None:
-        q, k, v = model.qkv(lp, cfg, model.rms_norm(x, lp["attn_norm"], eps), pos)
+        q, k, v = blk.attn.qkv(blk.attn_norm(x), pos)
         o, _ = model.attention(cfg, q, k, v, key_mask)
-        attn = jnp.einsum("bqnh,nhd->bqd", o, lp["wo"])
+        attn = blk.attn.out(o)
         x = x + attn
-        ffn = model.mlp(lp, model.rms_norm(x, lp["mlp_norm"], eps))
-        return x + ffn, DllmLayer(k, v, attn, ffn)
+        ffn = blk.mlp(blk.mlp_norm(x))
+        put = lambda c, n: jax.lax.dynamic_update_index_in_dim(c, n.astype(c.dtype), i, 0)  # noqa: E731
+        return x + ffn, DllmLayer(put(cache.k, k), put(cache.v, v), put(cache.attn, attn), put(cache.ffn, ffn))
     bi = jnp.arange(x.shape[0])[:, None]
-    h = model.rms_norm(model.gather_rows(x, idx), lp["attn_norm"], eps)
-    q, k, v = model.qkv(lp, cfg, h, model.gather_rows(pos, idx))
-    kk = lc.k.at[bi, idx].set(k, mode="drop")
-    vv = (lc.v if v_cache is None else v_cache).at[bi, idx].set(v, mode="drop")
-    o, _ = model.attention(cfg, q, kk, vv, key_mask)
-    attn = lc.attn.at[bi, idx].set(jnp.einsum("bqnh,nhd->bqd", o, lp["wo"]), mode="drop")
-    x = x + attn
-    f = model.mlp(lp, model.rms_norm(model.gather_rows(x, idx), lp["mlp_norm"], eps))
-    ffn = lc.ffn.at[bi, idx].set(f, mode="drop")
-    return x + ffn, DllmLayer(kk, vv, attn, ffn)
+    put = lambda c, n: c.at[i, bi, idx].set(n.astype(c.dtype), mode="drop")  # noqa: E731
+    q, k, v = blk.attn.qkv(blk.attn_norm(model.gather_rows(x, idx)), model.gather_rows(pos, idx))
+    vc = cache.v
+    if v_new is not None:
+        p, vals = v_new
+        vc = vc.at[i, :, p:].set(vals.astype(vc.dtype))
+    kc, vc = put(cache.k, k), put(vc, v)
+    o, _ = model.attention(cfg, q, kc[i], vc[i], key_mask)
+    ac = put(cache.attn, blk.attn.out(o))
+    x = x + ac[i]
+    fc = put(cache.ffn, blk.mlp(blk.mlp_norm(model.gather_rows(x, idx))))
+    return x + fc[i], DllmLayer(kc, vc, ac, fc)
 
 
-def v_verify(cfg: ModelConfig, lp: dict, x: jax.Array, lc: DllmLayer, p: int,
-             k: int) -> tuple[jax.Array, jax.Array]:
-    """Fresh V of every response row; returns (the k least similar response rows [B,k], new V cache)."""
-    h = model.rms_norm(x[:, p:], lp["attn_norm"], cfg.rms_norm_eps)
-    v_new = jnp.einsum("bsd,dnh->bsnh", h, lp["wv"])
-    if cfg.qkv_bias:
-        v_new = v_new + lp["bv"]
-    new_cache = lc.v.at[:, p:].set(v_new.astype(lc.v.dtype))
+def v_verify(blk: model.Block, x: jax.Array, v_old: jax.Array, p: int, k: int) -> tuple[jax.Array, jax.Array]:
+    """Fresh V of every response row against the cached `v_old` [B,T,Hkv,hd]; returns (the k least
+    similar response rows [B,k], the fresh response V [B,G,Hkv,hd])."""
+    v_new = blk.attn.values(blk.attn_norm(x[:, p:]))
     if k == 0:  # rou > 0 but int(G * rou) == 0: upstream still overwrites the response V
-        return jnp.zeros((x.shape[0], 0), jnp.int32), new_cache
-    return p + lowest_k(v_similarity(v_new, lc.v[:, p:]), k), new_cache
+        return jnp.zeros((x.shape[0], 0), jnp.int32), v_new
+    return p + lowest_k(v_similarity(v_new, v_old[:, p:]), k), v_new
 
 
-def run_layers(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState, x: jax.Array,
-               cache: list[DllmLayer], kind: int) -> tuple[jax.Array, list[DllmLayer]]:
-    """Layers 1..L-1 in one step kind; returns (hidden [B,T,d], caches of those layers)."""
+def run_layers(cfg: ModelConfig, opts: GenOptions, m: model.Transformer, state: GenState, x: jax.Array,
+               cache: DllmLayer, kind: int) -> tuple[jax.Array, DllmLayer]:
+    """Layers 1..L-1 in one step kind (a scan over layer indices); returns (hidden [B,T,d], cache)."""
     b, t = state.tokens.shape
     g = opts.gen_length
     p = t - g
     kad = num_adaptive(opts)
     prompt = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
-    out = []
-    for lp, lc in zip(params["layers"][1:], cache[1:]):
-        v_cache = None
+
+    def one(carry, i):
+        x, cache = carry
+        blk = m.layer(i)
+        v_new = None
         if kind == FULL:
             idx = None
         elif kind == RESPONSE:
@@ -141,12 +144,14 @@ def run_layers(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState
         elif opts.rou == 0:  # no V-verify; only the prompt rows when it is refreshed
             idx = prompt if kind == PROMPT_ADAPTIVE else jnp.zeros((b, 0), jnp.int32)
         else:
-            idx, v_cache = v_verify(cfg, lp, x, lc, p, kad)
+            idx, vals = v_verify(blk, x, cache.v[i], p, kad)
+            v_new = (p, vals)
             if kind == PROMPT_ADAPTIVE:
                 idx = jnp.concatenate([prompt, idx], axis=1)
-        x, new = layer(cfg, lp, x, lc, state.positions, state.key_mask, idx, v_cache)
-        out.append(new)
-    return x, out
+        return layer(cfg, blk, x, cache, i, state.positions, state.key_mask, idx, v_new), None
+
+    (x, cache), _ = jax.lax.scan(one, (x, cache), jnp.arange(1, cfg.n_layers))
+    return x, cache
 
 
 def kind_rows(opts: GenOptions, kind: int, p: int, t: int) -> float:
@@ -161,8 +166,9 @@ def forward(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState) -
     g = opts.gen_length
     p = t - g
     n_layers = cfg.n_layers
-    x = model.embed(params, state.tokens)
-    x, first = layer(cfg, params["layers"][0], x, state.cache[0], state.positions, state.key_mask)
+    m = model.bind(cfg, params)
+    x, cache = layer(cfg, m.layer(0), m.embed(state.tokens), state.cache, jnp.int32(0), state.positions,
+                     state.key_mask)
 
     rp = state.step % opts.kp == 0
     rr = state.step % opts.kr == 0
@@ -172,14 +178,14 @@ def forward(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState) -
 
     def branch(c):
         def run(x, cache):
-            h, rest = run_layers(cfg, opts, params, state, x, cache, c)
+            h, cache = run_layers(cfg, opts, m, state, x, cache, c)
             rows = (1.0 + (n_layers - 1) * kind_rows(opts, c, p, t)) / n_layers
-            return h, rest, jnp.float32(rows)
+            return h, cache, jnp.float32(rows)
         return run
 
-    x, rest, rows = jax.lax.switch(table[kind], [branch(c) for c in kinds], x, state.cache)
+    x, cache, rows = jax.lax.switch(table[kind], [branch(c) for c in kinds], x, cache)
     logits, gen_idx = block_logits(cfg, opts, params, x, state.block)
-    return ForwardOut(logits, gen_idx, [first] + rest, rows, jnp.int32(0))
+    return ForwardOut(logits, gen_idx, cache, rows, jnp.int32(0))
 
 
 METHOD = CacheMethod(init=init, forward=forward)

@@ -62,7 +62,7 @@ def query_count(cfg: ModelConfig, opts: GenOptions, block: jax.Array) -> jax.Arr
     return (opts.num_blocks - block) * opts.block + shift
 
 
-def init(cfg: ModelConfig, opts: GenOptions, batch: int, total_len: int) -> list:
+def init(cfg: ModelConfig, opts: GenOptions, batch: int, total_len: int) -> model.LayerKV:
     return empty_kv(cfg, batch, total_len, model.dtype_of(cfg))
 
 

@@ -23,23 +23,29 @@ def selected_mask(q_idx: jax.Array, total_len: int) -> jax.Array:
     return jnp.zeros((b, total_len), bool).at[jnp.arange(b)[:, None], q_idx].set(True, mode="drop")
 
 
-def rollout_importance(attn: list[jax.Array], q_idx: jax.Array, total_len: int) -> jax.Array:
-    """Column sums of N_{L-1} ... N_0 for per-layer attention `attn[l]` [B, Q, T] of rows q_idx [B, Q].
+def rollout_importance(attn: jax.Array, q_idx: jax.Array, total_len: int) -> jax.Array:
+    """Column sums of N_{L-1} ... N_0 for per-layer attention `attn` [L, B, Q, T] (or a list of
+    [B, Q, T]) of rows q_idx [B, Q].
 
-    v^T N = v - 1/2 v*sel + 1/2 sum_{i in sel} v_i A_i, applied from the last layer to the first.
-    Valid indices must be distinct; unused slots (index T) contribute nothing.
+    v^T N = v - 1/2 v*sel + 1/2 sum_{i in sel} v_i A_i, applied from the last layer to the first (a
+    reversed scan over the layer axis). Valid indices must be distinct; unused slots (index T)
+    contribute nothing.
     """
+    attn = jnp.stack(attn) if isinstance(attn, list | tuple) else attn
     b = q_idx.shape[0]
     valid = q_idx < total_len
     keep = jnp.where(selected_mask(q_idx, total_len), 0.5, 1.0)
-    v = jnp.ones((b, total_len), F32)
-    for a in reversed(attn):
-        vq = jnp.where(valid, jnp.take_along_axis(v, jnp.minimum(q_idx, total_len - 1), axis=1), 0.0)
-        v = v * keep + 0.5 * jnp.einsum("bq,bqt->bt", vq, a.astype(F32), precision=jax.lax.Precision.HIGHEST)
+    rows = jnp.minimum(q_idx, total_len - 1)
+
+    def layer(v, a):
+        vq = jnp.where(valid, jnp.take_along_axis(v, rows, axis=1), 0.0)
+        return v * keep + 0.5 * jnp.einsum("bq,bqt->bt", vq, a.astype(F32), precision=jax.lax.Precision.HIGHEST), None
+
+    v, _ = jax.lax.scan(layer, jnp.ones((b, total_len), F32), attn, reverse=True)
     return v
 
 
-def rollout_matrix(attn: list[jax.Array], q_idx: jax.Array, total_len: int) -> jax.Array:
+def rollout_matrix(attn: jax.Array, q_idx: jax.Array, total_len: int) -> jax.Array:
     """The explicit rollout R [B, T, T]: start from I, then R[sel] <- 1/2 (R[sel] + A_sel @ R) per layer."""
     b = q_idx.shape[0]
     bidx = jnp.arange(b)[:, None]

@@ -47,6 +47,13 @@ def _static(opts: GenOptions) -> GenOptions:
     return dataclasses.replace(opts, seed=0, loop="device", prompt_bucket=0, prompt_growth=1.0)
 
 
+def lower(config: ModelConfig, opts: GenOptions, params, state: GenState):
+    """The generation program for these settings, lowered (params and state may be abstract:
+    ShapeDtypeStructs, so nothing is allocated); `.compile()` it to run or to read its memory analysis."""
+    jitted = _run_jit if opts.loop == "device" else _step_jit
+    return jitted.lower(config, _static(opts), params, state)
+
+
 def first_stop(cfg: ModelConfig, tokens: np.ndarray) -> np.ndarray:
     is_stop = np.isin(tokens, cfg.stop_token_ids)
     return np.where(is_stop.any(-1), is_stop.argmax(-1), tokens.shape[-1]).astype(np.int32)
@@ -78,17 +85,13 @@ def generate(config: ModelConfig, params, prompt_ids, attention_mask=None, progr
     n_prompts = len(prompt_ids)
     if mesh is not None:
         params, state = sharding.place(config, opts, params, state, mesh)
-    sopts = _static(opts)
+    t0 = time.perf_counter()
+    compiled = lower(config, opts, params, state).compile()
+    compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     if opts.loop == "device":
-        compiled = _run_jit.lower(config, sopts, params, state).compile()
-        compile_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
         state = jax.block_until_ready(compiled(params, state))
     else:
-        compiled = _step_jit.lower(config, sopts, params, state).compile()
-        compile_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
         state = _host_loop(compiled, params, state, opts, progress)
     wall_s = time.perf_counter() - t0
     return _result(config, opts, state, wall_s, compile_s, n_prompts)

@@ -1,7 +1,9 @@
 """The one map between published Hugging Face checkpoint keys and our params paths, both families.
 
-Our paths are dotted strings into the params pytree of `d2cache_jax.model`: `embed`,
-`layers.{i}.wq`, `final_norm`, `lm_head`. Each key has a transform kind:
+Our paths are dotted strings into the params pytree of `d2cache_jax.model` (its NNX state as a pure
+dict): `embed.embedding`, `layers.attn.wq`, `final_norm.scale`, `lm_head`. A published per-layer key
+`...{i}...` is row i of the stacked leaf's leading layer axis. Each key has a transform kind, applied
+to one layer's tensor:
 
     copy       same array (embeddings [V, d], norm weights [d])
     linear     torch Linear [out, in] -> ours [in, *out]   (q/k/v [d, H, hd], MLP [d, F] / [F, d],
@@ -27,49 +29,50 @@ from d2cache_jax.config import ModelConfig, from_hf_config
 from d2cache_jax.hf.safetensors_io import DTYPES, CheckpointError, write_safetensors
 from d2cache_jax.params import param_shapes
 
-# (published key template, our path template, kind); "{i}" is the layer index. Bias rows are used
-# only when the config has qkv biases.
+# (published key template, our leaf path, kind); "{i}" is the layer index, which is also the index into
+# the leaf's leading layer axis. Bias rows are used only when the config has qkv biases.
 LLADA = (
-    ("model.transformer.wte.weight", "embed", "copy"),
-    ("model.transformer.blocks.{i}.attn_norm.weight", "layers.{i}.attn_norm", "copy"),
-    ("model.transformer.blocks.{i}.q_proj.weight", "layers.{i}.wq", "linear"),
-    ("model.transformer.blocks.{i}.k_proj.weight", "layers.{i}.wk", "linear"),
-    ("model.transformer.blocks.{i}.v_proj.weight", "layers.{i}.wv", "linear"),
-    ("model.transformer.blocks.{i}.q_proj.bias", "layers.{i}.bq", "bias"),
-    ("model.transformer.blocks.{i}.k_proj.bias", "layers.{i}.bk", "bias"),
-    ("model.transformer.blocks.{i}.v_proj.bias", "layers.{i}.bv", "bias"),
-    ("model.transformer.blocks.{i}.attn_out.weight", "layers.{i}.wo", "heads_in"),
-    ("model.transformer.blocks.{i}.ff_norm.weight", "layers.{i}.mlp_norm", "copy"),
-    ("model.transformer.blocks.{i}.ff_proj.weight", "layers.{i}.w_gate", "linear"),
-    ("model.transformer.blocks.{i}.up_proj.weight", "layers.{i}.w_up", "linear"),
-    ("model.transformer.blocks.{i}.ff_out.weight", "layers.{i}.w_down", "linear"),
-    ("model.transformer.ln_f.weight", "final_norm", "copy"),
+    ("model.transformer.wte.weight", "embed.embedding", "copy"),
+    ("model.transformer.blocks.{i}.attn_norm.weight", "layers.attn_norm.scale", "copy"),
+    ("model.transformer.blocks.{i}.q_proj.weight", "layers.attn.wq", "linear"),
+    ("model.transformer.blocks.{i}.k_proj.weight", "layers.attn.wk", "linear"),
+    ("model.transformer.blocks.{i}.v_proj.weight", "layers.attn.wv", "linear"),
+    ("model.transformer.blocks.{i}.q_proj.bias", "layers.attn.bq", "bias"),
+    ("model.transformer.blocks.{i}.k_proj.bias", "layers.attn.bk", "bias"),
+    ("model.transformer.blocks.{i}.v_proj.bias", "layers.attn.bv", "bias"),
+    ("model.transformer.blocks.{i}.attn_out.weight", "layers.attn.wo", "heads_in"),
+    ("model.transformer.blocks.{i}.ff_norm.weight", "layers.mlp_norm.scale", "copy"),
+    ("model.transformer.blocks.{i}.ff_proj.weight", "layers.mlp.w_gate", "linear"),
+    ("model.transformer.blocks.{i}.up_proj.weight", "layers.mlp.w_up", "linear"),
+    ("model.transformer.blocks.{i}.ff_out.weight", "layers.mlp.w_down", "linear"),
+    ("model.transformer.ln_f.weight", "final_norm.scale", "copy"),
     ("model.transformer.ff_out.weight", "lm_head", "linear"),
 )
 DREAM = (
-    ("model.embed_tokens.weight", "embed", "copy"),
-    ("model.layers.{i}.input_layernorm.weight", "layers.{i}.attn_norm", "copy"),
-    ("model.layers.{i}.self_attn.q_proj.weight", "layers.{i}.wq", "linear"),
-    ("model.layers.{i}.self_attn.k_proj.weight", "layers.{i}.wk", "linear"),
-    ("model.layers.{i}.self_attn.v_proj.weight", "layers.{i}.wv", "linear"),
-    ("model.layers.{i}.self_attn.q_proj.bias", "layers.{i}.bq", "bias"),
-    ("model.layers.{i}.self_attn.k_proj.bias", "layers.{i}.bk", "bias"),
-    ("model.layers.{i}.self_attn.v_proj.bias", "layers.{i}.bv", "bias"),
-    ("model.layers.{i}.self_attn.o_proj.weight", "layers.{i}.wo", "heads_in"),
-    ("model.layers.{i}.post_attention_layernorm.weight", "layers.{i}.mlp_norm", "copy"),
-    ("model.layers.{i}.mlp.gate_proj.weight", "layers.{i}.w_gate", "linear"),
-    ("model.layers.{i}.mlp.up_proj.weight", "layers.{i}.w_up", "linear"),
-    ("model.layers.{i}.mlp.down_proj.weight", "layers.{i}.w_down", "linear"),
-    ("model.norm.weight", "final_norm", "copy"),
+    ("model.embed_tokens.weight", "embed.embedding", "copy"),
+    ("model.layers.{i}.input_layernorm.weight", "layers.attn_norm.scale", "copy"),
+    ("model.layers.{i}.self_attn.q_proj.weight", "layers.attn.wq", "linear"),
+    ("model.layers.{i}.self_attn.k_proj.weight", "layers.attn.wk", "linear"),
+    ("model.layers.{i}.self_attn.v_proj.weight", "layers.attn.wv", "linear"),
+    ("model.layers.{i}.self_attn.q_proj.bias", "layers.attn.bq", "bias"),
+    ("model.layers.{i}.self_attn.k_proj.bias", "layers.attn.bk", "bias"),
+    ("model.layers.{i}.self_attn.v_proj.bias", "layers.attn.bv", "bias"),
+    ("model.layers.{i}.self_attn.o_proj.weight", "layers.attn.wo", "heads_in"),
+    ("model.layers.{i}.post_attention_layernorm.weight", "layers.mlp_norm.scale", "copy"),
+    ("model.layers.{i}.mlp.gate_proj.weight", "layers.mlp.w_gate", "linear"),
+    ("model.layers.{i}.mlp.up_proj.weight", "layers.mlp.w_up", "linear"),
+    ("model.layers.{i}.mlp.down_proj.weight", "layers.mlp.w_down", "linear"),
+    ("model.norm.weight", "final_norm.scale", "copy"),
     ("lm_head.weight", "lm_head", "linear"),
 )
 LAYOUTS = {"llada": LLADA, "dream": DREAM}
 
 
 class Entry(NamedTuple):
-    path: str  # dotted path into our params
+    path: str  # dotted path of our params leaf
+    layer: int | None  # row of the leaf's layer axis this key fills; None for a leaf without one
     kind: str  # copy | linear | heads_in | bias
-    shape: tuple[int, ...]  # our shape
+    shape: tuple[int, ...]  # our shape of this one tensor (no layer axis)
     hf_shape: tuple[int, ...]  # published (torch) shape
 
 
@@ -112,19 +115,39 @@ def key_map(cfg: ModelConfig, family_layout: str | None = None) -> dict[str, Ent
         raise ValueError(f"unknown family layout {name!r}; expected one of {', '.join(LAYOUTS)}")
     rows = LAYOUTS[name]
     per_layer = [r for r in rows if "{i}" in r[0]]
-    first = [r for r in rows if r[1] == "embed"]
-    last = [r for r in rows if "{i}" not in r[0] and r[1] != "embed"]
+    first = [r for r in rows if r[1] == "embed.embedding"]
+    last = [r for r in rows if "{i}" not in r[0] and r[1] != "embed.embedding"]
     order = [(r, None) for r in first] + [(r, i) for i in range(cfg.n_layers) for r in per_layer]
     order += [(r, None) for r in last]
     shapes = param_shapes(cfg)
     out = {}
-    for (hf_tpl, path_tpl, kind), i in order:
-        path = path_tpl.format(i=i)
+    for (hf_tpl, path, kind), i in order:
         shape = get_path(shapes, path)
         if shape is None:  # a bias row for a config without biases
             continue
-        out[hf_tpl.format(i=i)] = Entry(path, kind, tuple(shape), hf_shape(kind, tuple(shape)))
+        shape = tuple(shape) if i is None else tuple(shape)[1:]
+        out[hf_tpl.format(i=i)] = Entry(path, i, kind, shape, hf_shape(kind, shape))
     return out
+
+
+def keys_by_leaf(entries: dict[str, Entry]) -> dict[str, list[str]]:
+    """Our leaf path -> its published keys, in layer order (one key for a leaf without a layer axis)."""
+    out: dict[str, list[str]] = {}
+    for key, e in sorted(entries.items(), key=lambda kv: kv[1].layer or 0):  # stable: leaves stay in order
+        out.setdefault(e.path, []).append(key)
+    return out
+
+
+def leaf_shape(entries: dict[str, Entry], keys: list[str]) -> tuple[int, ...]:
+    """Our shape of the leaf filled by `keys` (a leading layer axis when they are per-layer)."""
+    e = entries[keys[0]]
+    return e.shape if e.layer is None else (len(keys), *e.shape)
+
+
+def tensor_of(params: dict, e: Entry) -> np.ndarray:
+    """One published key's tensor in our layout: the leaf, or its row `e.layer`."""
+    leaf = get_path(params, e.path)
+    return np.asarray(leaf if e.layer is None else leaf[e.layer])
 
 
 # --- config.json in each family's own field names ---------------------------------------------
@@ -206,10 +229,10 @@ def export_hf(cfg: ModelConfig, params: dict, out_dir: str, family_layout: str |
         raise ValueError(f"config does not round-trip through the {name} config.json: {back} != {cfg}")
     entries = key_map(cfg, name)
     keys = list(entries)
-    for key in keys:
-        got = get_path(params, entries[key].path)
-        if got is None or tuple(got.shape) != entries[key].shape:
-            raise CheckpointError(f"params {entries[key].path}: expected shape {entries[key].shape}, "
+    for path, leaf_keys in keys_by_leaf(entries).items():
+        got, want = get_path(params, path), leaf_shape(entries, leaf_keys)
+        if got is None or tuple(got.shape) != want:
+            raise CheckpointError(f"params {path}: expected shape {want}, "
                                   f"got {None if got is None else tuple(got.shape)}")
     sizes = [int(np.prod(entries[k].shape)) * dt.itemsize for k in keys]
     shard_of = split_shards(sizes, num_shards)
@@ -217,7 +240,7 @@ def export_hf(cfg: ModelConfig, params: dict, out_dir: str, family_layout: str |
     with files.atomic_dir(out_dir) as tmp:
         for s, fname in enumerate(shard_files):
             specs = {k: (dt, entries[k].hf_shape) for k, sh in zip(keys, shard_of) if sh == s}
-            get = lambda k: to_hf(entries[k].kind, np.asarray(get_path(params, entries[k].path)))
+            get = lambda k: to_hf(entries[k].kind, tensor_of(params, entries[k]))
             write_safetensors(os.path.join(tmp, fname), specs, get, {"format": "pt"})
         if num_shards > 1:
             index = {"metadata": {"total_size": sum(sizes)},

@@ -1,8 +1,9 @@
-"""Read a published Hugging Face checkpoint (LLaDA or Dream safetensors) into our params, one tensor at a time.
+"""Read a published Hugging Face checkpoint (LLaDA or Dream safetensors) into our params, one leaf at a time.
 
 Every shard header is read and checked first (keys, shapes, dtypes, file sizes) so that a bad checkpoint fails
-before any tensor is read. `d2cache_jax.checkpoint.load` runs from this directly; the converter
-(`checkpoints_convert`) writes what it yields into our converted format.
+before any tensor is read. A per-layer leaf of ours ([L, ...]) is built from its L published tensors, read by
+their header offsets wherever they sit in the shards. `d2cache_jax.checkpoint.load` runs from this directly;
+the converter (`checkpoints_convert`) writes what it yields into our converted format.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from typing import NamedTuple
 import numpy as np
 
 from d2cache_jax import cli
-from d2cache_jax.checkpoint import group_paths
 from d2cache_jax.config import ModelConfig, read_hf_config
-from d2cache_jax.hf.layout import Entry, key_map, to_ours
-from d2cache_jax.hf.safetensors_io import DTYPES, CheckpointError, TensorInfo, read_header, read_rows, read_tensor
+from d2cache_jax.hf.layout import Entry, key_map, keys_by_leaf, leaf_shape
+from d2cache_jax.hf.safetensors_io import DTYPES, CheckpointError, TensorInfo, read_header, read_rows
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -110,36 +110,48 @@ def inspect_hf(hf_dir: str, family: str | None = None, dtype: str | None = None)
 
 
 def iter_params(src: Source) -> Iterator[tuple[str, np.ndarray]]:
-    """(our dotted path, array in our layout and dtype), one tensor at a time in group order.
+    """(our dotted leaf path, the whole leaf in our layout and dtype), one leaf at a time.
 
-    Reading by group (embed, layer 0, ...) with seek + read, rather than in file order, means a
-    consumer that writes each group when complete holds one group at most, however the keys are
-    spread over the shards. Within a group, tensors are read in (shard, offset) order.
+    A per-layer leaf is allocated as its [L, ...] stack and each layer's tensor is read straight into
+    its row, block by block (Linear weights transposed on the way), so the most held at once is one
+    stacked leaf plus one read block, however the keys are spread over the shards. A leaf's tensors
+    are read in (shard, offset) order. Each leaf is a fresh array (consumers may keep it).
     """
     dt = np.dtype(src.cfg.param_dtype) if src.cfg.param_dtype == "float32" else DTYPES["BF16"]
     where = {k: (s, path, info) for s, (path, hdr) in enumerate(src.shards) for k, info in hdr.items()}
-    key_of = {e.path: k for k, e in src.entries.items()}
     with contextlib.ExitStack() as stack:
         files = {}
-        for paths in group_paths(src.cfg).values():
-            for key in sorted((key_of[p] for p in paths), key=lambda k: (where[k][0], where[k][2].start)):
+        for leaf, keys in keys_by_leaf(src.entries).items():
+            out = np.empty(leaf_shape(src.entries, keys), dt)
+            for key in sorted(keys, key=lambda k: (where[k][0], where[k][2].start)):
                 _, path, info = where[key]
                 if path not in files:
                     files[path] = stack.enter_context(open(path, "rb"))
-                arr = read_ours(files[path], info, src.entries[key], dt, path)
-                yield src.entries[key].path, arr
-                del arr
+                e = src.entries[key]
+                read_ours(files[path], info, e, dt, path, out=out if e.layer is None else out[e.layer])
+            yield leaf, out
+            del out
 
 
-def read_ours(f, info: TensorInfo, e: Entry, dt: np.dtype, path: str = "?",
-              block_bytes: int = 16 << 20) -> np.ndarray:
-    """One tensor in our layout and dtype, as `to_ours` gives it. Linear weights are transposed
-    block by block while reading, so the only full-size buffer is the result."""
-    if e.kind not in ("linear", "heads_in"):
-        return to_ours(e.kind, read_tensor(f, info, path), e.shape).astype(dt, copy=False)
-    n_out, n_in = info.shape
-    out = np.empty((n_in, n_out), dt)
-    step = max(1, block_bytes // (n_in * DTYPES[info.dtype].itemsize))
-    for r in range(0, n_out, step):
-        out[:, r:r + step] = read_rows(f, info, r, min(r + step, n_out), path).T
-    return out.reshape(e.shape)
+def read_ours(f, info: TensorInfo, e: Entry, dt: np.dtype, path: str = "?", block_bytes: int = 16 << 20,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """One tensor in our layout and dtype, as `to_ours` gives it, written into `out` (C-contiguous, shape
+    `e.shape`) when given. Read block by block (Linear weights transposed on the way), so the only
+    full-size buffer is the result."""
+    if out is None:
+        out = np.empty(e.shape, dt)
+    if out.shape != e.shape or not out.flags.c_contiguous:
+        raise ValueError(f"read_ours: out must be C-contiguous {list(e.shape)}, got {list(out.shape)}")
+    n_rows = info.shape[0] if info.shape else 1
+    transposed = e.kind in ("linear", "heads_in")
+    # Views of `out` (it is C-contiguous): [in, out] for a transposed Linear weight, else the published shape.
+    dst = out.reshape(info.shape[::-1] if transposed else (n_rows, *info.shape[1:]))
+    row_bytes = int(np.prod(info.shape[1:], dtype=np.int64)) * DTYPES[info.dtype].itemsize
+    step = max(1, block_bytes // max(row_bytes, 1))
+    for r in range(0, n_rows, step):
+        rows = read_rows(f, info, r, min(r + step, n_rows), path)
+        if transposed:
+            dst[:, r:r + step] = rows.T
+        else:
+            dst[r:r + step] = rows
+    return out
