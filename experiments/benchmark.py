@@ -255,6 +255,7 @@ def main(argv):
                 r = compile_one(cfg, m, d, GEN_LENGTH.value, PROMPT_LEN.value, BATCH_SIZE.value, extra)
                 print(json.dumps({k: v for k, v in r.items() if k not in ("options", "memory")}), flush=True)
                 doc["results"].append(r)
+        doc["peak_memory_bytes"] = peak_memory()  # of this process: the weights are never allocated
         print(json.dumps(doc, indent=1))
         if OUTPUT_JSON.value:
             files.write_json_atomic(OUTPUT_JSON.value, doc)

@@ -138,3 +138,18 @@ def test_benchmark_sweep_and_bad_flags(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--methods=bogus"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "unknown method 'bogus'" in proc.stderr
+
+
+def test_compile_only_allocates_no_weights(tmp_path):
+    """`--compile_only` lowers and compiles on abstract params: at LLaDA-8B's width (two layers,
+    2.8 GB of bf16 weights) the process never holds the weights, and every program reports its
+    compile time and XLA's memory analysis (arguments = the weights and the state)."""
+    doc = _run(tmp_path, "--compile_only", "--preset=llada-8b", "--layers=2", "--methods=none,d2cache",
+               "--decoders=vanilla", "--gen_length=32", "--prompt_len=16")
+    weights = doc["params"] * 2
+    assert doc["compile_only"] and doc["n_layers"] == 2 and weights > 2.5e9
+    assert [(r["method"], r["decoder"]) for r in doc["results"]] == [("none", "vanilla"), ("d2cache", "vanilla")]
+    for r in doc["results"]:
+        assert r["lower_s"] > 0 and r["compile_s"] > 0
+        assert r["memory"]["argument_size_in_bytes"] >= weights
+    assert doc["peak_memory_bytes"] < weights / 2

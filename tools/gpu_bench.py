@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from d2cache_jax import config, flops, params
+from d2cache_jax import config, flops, model
 from d2cache_jax.generation.generate import generate
 
 METHODS = {
@@ -27,20 +27,8 @@ METHODS = {
 
 
 def device_params(cfg: config.ModelConfig) -> dict:
-    """Random params drawn on the device (scaled normals; norms near one)."""
-    abstract = params.abstract_params(cfg)
-    flat, treedef = jax.tree.flatten_with_path(abstract)
-    out = []
-    for i, (path, s) in enumerate(flat):
-        name = str(path[-1].key)
-        key = jax.random.key(i)
-        if name.endswith("norm"):
-            w = 1.0 + 0.2 * jax.random.normal(key, s.shape, jnp.float32)
-        else:
-            fan_in = s.shape[0] * (s.shape[1] if name == "wo" else 1)
-            w = jax.random.normal(key, s.shape, jnp.float32) * (1.0 if name == "embed" else fan_in**-0.5)
-        out.append(w.astype(s.dtype))
-    return jax.tree.unflatten(treedef, out)
+    """Random params drawn on the device by the NNX modules' own initialisers (one jitted program)."""
+    return jax.jit(lambda: model.params_of(model.init(cfg)))()
 
 
 def main() -> None:
