@@ -19,8 +19,12 @@ import d2cache_jax
 from d2cache_jax.evaluation.tasks import synthetic as task
 
 ASSET = os.path.join(os.path.dirname(d2cache_jax.__file__), "assets", "tiny_arith")
-SETTINGS = {"none, CP off": dict(cache="none", sigma=0.0), "none, CP on (sigma 10)": dict(cache="none", sigma=10.0),
-            "d2cache, CP off": dict(cache="d2cache", sigma=0.0), "d2cache, CP on (sigma 10)": dict(cache="d2cache", sigma=10.0)}
+SETTINGS = {
+    "none, CP off": dict(cache="none", sigma=0.0),
+    "none, CP on (sigma 10)": dict(cache="none", sigma=10.0),
+    "d2cache, CP off": dict(cache="d2cache", sigma=0.0),
+    "d2cache, CP on (sigma 10)": dict(cache="d2cache", sigma=10.0),
+}
 
 
 def order_stats(items, tokens: np.ndarray, commit: np.ndarray) -> dict:
