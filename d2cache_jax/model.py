@@ -217,10 +217,17 @@ class RowsOut(NamedTuple):
 
 
 class Transformer(nnx.Module):
-    """LLaDA or Dream: embedding, `n_layers` stacked blocks, final norm, output head."""
+    """LLaDA or Dream: embedding, `n_layers` blocks, final norm, output head.
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    `scan_layers=True` (the default) stacks the blocks on a leading layer axis and runs them with
+    `jax.lax.scan`: one traced layer, compile time flat in depth. `scan_layers=False` keeps one
+    block per layer (`nnx.List`) run by a Python loop: every layer is traced, but each layer's
+    weights are their own buffers, which the matmuls read in place (XLA copies a scanned layer's
+    weights out of the stack at every iteration, a cost a weight-bound batch-1 step feels)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, scan_layers: bool = True):
         self.cfg = cfg
+        self.scanned = scan_layers
         self.embed = Embed(cfg, rngs=rngs)
 
         @nnx.split_rngs(splits=cfg.n_layers)
@@ -228,13 +235,19 @@ class Transformer(nnx.Module):
         def stack(r: nnx.Rngs) -> Block:
             return Block(cfg, rngs=r)
 
-        self.layers = stack(rngs)
+        self.layers = stack(rngs) if scan_layers else nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
         self.final_norm = RMSNorm(cfg, rngs=rngs)
         self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), dtype_of(cfg), ("embed", "vocab"),
                               fan_in=cfg.d_model)
 
     def scan_layers(self, body: Callable, carry: Any, xs: Any = None) -> tuple[Any, Any]:
-        """`jax.lax.scan` over the layer stack: body(block, carry, x) -> (carry, y), one layer traced."""
+        """body(block, carry, x) -> (carry, y) over the layers, as `jax.lax.scan` (ys stacked)."""
+        if not self.scanned:
+            ys = []
+            for i, blk in enumerate(self.layers):
+                carry, y = body(blk, carry, jax.tree.map(lambda a, i=i: a[i], xs))
+                ys.append(y)
+            return carry, jax.tree.map(lambda *a: jnp.stack(a), *ys)
         graphdef, stacked = nnx.split(self.layers)
 
         def step(c, inputs):
@@ -243,8 +256,19 @@ class Transformer(nnx.Module):
 
         return jax.lax.scan(step, carry, (stacked, xs))
 
+    def loop_layers(self, body: Callable, carry: Any, start: int = 0) -> Any:
+        """body(block, carry, i) -> carry for layers start..L-1 (i: the layer index)."""
+        if not self.scanned:
+            for i in range(start, self.cfg.n_layers):
+                carry = body(self.layers[i], carry, i)
+            return carry
+        step = lambda c, i: (body(self.layer(i), c, i), None)  # noqa: E731
+        return jax.lax.scan(step, carry, jnp.arange(start, self.cfg.n_layers))[0]
+
     def layer(self, i: int | jax.Array) -> Block:
-        """Block i of the stack (a dynamic index is fine inside jit)."""
+        """Block i (a dynamic index is fine inside jit when the layers are scanned)."""
+        if not self.scanned:
+            return self.layers[i]
         graphdef, stacked = nnx.split(self.layers)
         return nnx.merge(graphdef, jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, False), stacked))
 
@@ -296,8 +320,8 @@ class Transformer(nnx.Module):
 # --- params as a pure dict ---------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=32)
-def _split_abstract(cfg: ModelConfig) -> tuple[Any, Any]:
-    return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+def _split_abstract(cfg: ModelConfig, scan_layers: bool = True) -> tuple[Any, Any]:
+    return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), scan_layers=scan_layers)))
 
 
 def abstract_state(cfg: ModelConfig) -> nnx.State:
@@ -305,23 +329,54 @@ def abstract_state(cfg: ModelConfig) -> nnx.State:
     return _split_abstract(cfg)[1]
 
 
+def is_scanned(params: Params) -> bool:
+    """True for the stacked layout (`layers` leaves [L, ...]), False for a list of per-layer dicts."""
+    return not isinstance(params["layers"], list | tuple)
+
+
+def unstack_layers(params: Params) -> Params:
+    """The per-layer layout (`layers` = a list of L dicts, each leaf its own buffer) of stacked params,
+    for `scan_layers=False` runs; each stacked leaf is dropped from the new tree once split."""
+    if not is_scanned(params):
+        return params
+    flat, treedef = jax.tree.flatten(params["layers"])
+    n = flat[0].shape[0]
+    per_leaf = [[a[i] for i in range(n)] for a in flat]
+    layers = [jax.tree.unflatten(treedef, [leaf[i] for leaf in per_leaf]) for i in range(n)]
+    return {**params, "layers": layers}
+
+
+def stack_layers(params: Params) -> Params:
+    """The stacked layout of per-layer params (the inverse of `unstack_layers`)."""
+    if is_scanned(params):
+        return params
+    return {**params, "layers": jax.tree.map(lambda *a: jnp.stack(a), *params["layers"])}
+
+
 def bind(cfg: ModelConfig, params: Params) -> Transformer:
-    """The modules of `cfg` holding `params` (a pure dict of arrays or tracers)."""
-    return nnx.merge(_split_abstract(cfg)[0], params)
+    """The modules of `cfg` holding `params` (a pure dict of arrays or tracers, either layout)."""
+    if is_scanned(params):
+        return nnx.merge(_split_abstract(cfg)[0], params)
+    return nnx.merge(_split_abstract(cfg, False)[0], {**params, "layers": dict(enumerate(params["layers"]))})
 
 
-def init(cfg: ModelConfig, seed: int = 0) -> Transformer:
+def init(cfg: ModelConfig, seed: int = 0, scan_layers: bool = True) -> Transformer:
     """A randomly initialised model (the NNX way; `params.init_params` draws the same layout with NumPy)."""
-    return Transformer(cfg, rngs=nnx.Rngs(seed))
+    return Transformer(cfg, rngs=nnx.Rngs(seed), scan_layers=scan_layers)
 
 
 def params_of(m: nnx.Module) -> Params:
-    """The pure-dict params of a model."""
-    return nnx.to_pure_dict(nnx.state(m, nnx.Param))
+    """The pure-dict params of a model (per-layer models give `layers` as a list)."""
+    p = nnx.to_pure_dict(nnx.state(m, nnx.Param))
+    if isinstance(p["layers"], dict) and all(isinstance(k, int) for k in p["layers"]):
+        p["layers"] = [p["layers"][i] for i in range(len(p["layers"]))]
+    return p
 
 
 def layer_params(params: Params, i: int) -> Params:
     """Layer i's params (no layer axis), e.g. for `block`."""
+    if not is_scanned(params):
+        return params["layers"][i]
     return jax.tree.map(lambda a: a[i], params["layers"])
 
 

@@ -156,9 +156,14 @@ def shardings_from_axes(axes_tree: Any, shapes_tree: Any, mesh: Mesh) -> Any:
     return jax.tree.unflatten(treedef, out)
 
 
-def param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:
-    """NamedShardings shaped like the params tree (pass to `checkpoint.load` or `jax.device_put`)."""
-    return shardings_from_axes(param_axes(cfg), params_lib.param_shapes(cfg), mesh)
+def param_shardings(cfg: ModelConfig, mesh: Mesh, scan_layers: bool = True) -> dict:
+    """NamedShardings shaped like the params tree (pass to `checkpoint.load` or `jax.device_put`);
+    `scan_layers=False`: shaped like `model.unstack_layers`' per-layer list (the layer axis dropped)."""
+    out = shardings_from_axes(param_axes(cfg), params_lib.param_shapes(cfg), mesh)
+    if not scan_layers:
+        one = jax.tree.map(lambda s: NamedSharding(mesh, PartitionSpec(*tuple(s.spec)[1:])), out["layers"])
+        out = {**out, "layers": [one] * cfg.n_layers}
+    return out
 
 
 KV_AXES: Axes = (None, "batch", "length", "kv_heads", "head_dim")  # [L, B, T, Hkv, hd]
@@ -217,8 +222,10 @@ def check_batch(batch: int, mesh: Any) -> None:
 
 def place(cfg: ModelConfig, opts: Any, params: dict, state: Any, mesh: Mesh) -> tuple[dict, Any]:
     """Params and a GenState put on `mesh` with their shardings (a no-op for arrays already there)."""
+    from d2cache_jax.model import is_scanned
+
     check_batch(state.tokens.shape[0], mesh)
-    return (jax.device_put(params, param_shardings(cfg, mesh)),
+    return (jax.device_put(params, param_shardings(cfg, mesh, is_scanned(params))),
             jax.device_put(state, state_shardings(cfg, opts, state, mesh)))
 
 

@@ -182,7 +182,10 @@ def compile_one(cfg: ModelConfig, method: str, decoder: str, gen_length: int, pr
     prompts = [[0] * prompt_len for _ in range(batch_size)]
     state = jax.eval_shape(lambda: prepare(cfg, prompts, gopts))
     t0 = time.perf_counter()
-    lowered = lower(cfg, gopts, params_lib.abstract_params(cfg), state)
+    abstract = params_lib.abstract_params(cfg)
+    if not distributed.SCAN_LAYERS.value:
+        abstract = jax.eval_shape(model.unstack_layers, abstract)
+    lowered = lower(cfg, gopts, abstract, state)
     lower_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     compiled = lowered.compile()
@@ -249,6 +252,7 @@ def main(argv):
         cfg = model_config(dtype)
         doc = dict(preset=None if CHECKPOINT.value else PRESET.value, checkpoint=CHECKPOINT.value,
                    machine=machine(), dtype=dtype, n_layers=cfg.n_layers, params=params_lib.num_params(cfg),
+                   scan_layers=distributed.SCAN_LAYERS.value,
                    prompt_len=PROMPT_LEN.value, compile_only=True, results=[])
         for m in METHODS.value:
             for d in DECODERS.value:
@@ -263,13 +267,14 @@ def main(argv):
     # One device unless --mesh is given (then the mesh's devices, params placed once).
     mesh = distributed.setup().mesh if distributed.MESH.value else None
     cfg, p = load_model(dtype)
+    p = distributed.apply_layout(p)
     if mesh is not None:
         from d2cache_jax import sharding
 
-        p = jax.device_put(p, sharding.param_shardings(cfg, mesh))
+        p = jax.device_put(p, sharding.param_shardings(cfg, mesh, model.is_scanned(p)))
     t = PROMPT_LEN.value + GEN_LENGTH.value
     doc = dict(preset=None if CHECKPOINT.value else PRESET.value, checkpoint=CHECKPOINT.value,
-               machine=machine(), dtype=dtype, params=params_lib.num_params(cfg),
+               machine=machine(), dtype=dtype, params=params_lib.num_params(cfg), scan_layers=model.is_scanned(p),
                prompt_len=PROMPT_LEN.value, mesh=mesh and dict(mesh.shape), **roofline(cfg, jnp.dtype(dtype), rows=t))
     if SWEEP.value:
         default = "64,128,256,512" if SWEEP.value == "gen_length" else "1,2,4,8"

@@ -38,6 +38,18 @@ _cache_lock = threading.Lock()
 _cache_dir: str | None = None
 
 
+SCAN_LAYERS = flags.DEFINE_bool(
+    "scan_layers", True, "Run the layers as one scanned layer (compile time flat in depth). --noscan_layers "
+    "gives each layer's weights their own buffers (every layer compiled; faster weight-bound steps).")
+
+
+def apply_layout(params: dict) -> dict:
+    """The params in the layout --scan_layers asks for (stacked, or one buffer per layer)."""
+    from d2cache_jax import model
+
+    return params if SCAN_LAYERS.value else model.unstack_layers(params)
+
+
 def _count_cache_event(event: str, **kwargs: Any) -> None:
     if event in _cache_events:
         with _cache_lock:

@@ -166,7 +166,7 @@ def main(argv):
         runner.check_output_dir(part_dir, {"task": task.name, "num_items": len(items), **part_config})
     except ValueError as e:
         raise app.UsageError(str(e)) from e
-    generator = ModelGenerator(CHECKPOINT.value, chat=instruct, mesh=rt.mesh)
+    generator = ModelGenerator(CHECKPOINT.value, chat=instruct, mesh=rt.mesh, scan_layers=distributed.SCAN_LAYERS.value)
     generator.options = generation
     if instruct and not has_chat_template(generator.tokenizer):
         raise app.UsageError(f"an instruct model needs a chat template, but the tokenizer in {CHECKPOINT.value} "

@@ -92,6 +92,7 @@ def main(argv):
 
     rt = distributed.setup()
     cfg, params = sharding.load(CHECKPOINT.value, rt.mesh)
+    params = distributed.apply_layout(params)
     distributed.check_memory(cfg, options, len(ids), max(len(i) for i in ids), rt.mesh)
     try:
         res = d2cache_jax.generate(cfg, params, ids, progress=PROGRESS.value and rt.is_main, mesh=rt.mesh,

@@ -126,16 +126,15 @@ def v_verify(blk: model.Block, x: jax.Array, v_old: jax.Array, p: int, k: int) -
 
 def run_layers(cfg: ModelConfig, opts: GenOptions, m: model.Transformer, state: GenState, x: jax.Array,
                cache: DllmLayer, kind: int) -> tuple[jax.Array, DllmLayer]:
-    """Layers 1..L-1 in one step kind (a scan over layer indices); returns (hidden [B,T,d], cache)."""
+    """Layers 1..L-1 in one step kind (`Transformer.loop_layers`); returns (hidden [B,T,d], cache)."""
     b, t = state.tokens.shape
     g = opts.gen_length
     p = t - g
     kad = num_adaptive(opts)
     prompt = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
 
-    def one(carry, i):
+    def one(blk, carry, i):
         x, cache = carry
-        blk = m.layer(i)
         v_new = None
         if kind == FULL:
             idx = None
@@ -148,10 +147,9 @@ def run_layers(cfg: ModelConfig, opts: GenOptions, m: model.Transformer, state: 
             v_new = (p, vals)
             if kind == PROMPT_ADAPTIVE:
                 idx = jnp.concatenate([prompt, idx], axis=1)
-        return layer(cfg, blk, x, cache, i, state.positions, state.key_mask, idx, v_new), None
+        return layer(cfg, blk, x, cache, i, state.positions, state.key_mask, idx, v_new)
 
-    (x, cache), _ = jax.lax.scan(one, (x, cache), jnp.arange(1, cfg.n_layers))
-    return x, cache
+    return m.loop_layers(one, (x, cache), start=1)
 
 
 def kind_rows(opts: GenOptions, kind: int, p: int, t: int) -> float:

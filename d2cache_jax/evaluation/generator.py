@@ -71,13 +71,17 @@ class ModelGenerator:
     """
 
     def __init__(self, checkpoint: str, options: dict[str, Any] | None = None, chat: bool = False,
-                 add_bos: bool = True, mesh: Any = None):
+                 add_bos: bool = True, mesh: Any = None, scan_layers: bool = True):
         import d2cache_jax
         from d2cache_jax import sharding
         from d2cache_jax import tokenizer as tokenizer_lib
 
         self.mesh = mesh
         self.config, self.params = d2cache_jax.load(checkpoint) if mesh is None else sharding.load(checkpoint, mesh)
+        if not scan_layers:
+            from d2cache_jax.model import unstack_layers
+
+            self.params = unstack_layers(self.params)
         self.tokenizer = tokenizer_lib.load_tokenizer(checkpoint)
         self.options = dict(options or {})  # may be set after loading, once the family is known
         self.chat = chat
