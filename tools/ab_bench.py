@@ -2,7 +2,8 @@
 
 Runs `experiments.benchmark` from each checkout in turn (old, new, old, new, ...) for --rounds rounds,
 so both see the same machine load, and prints JSON with each cache x decoder's median seconds per
-generation in both and the ratio new / old.
+generation in both and the ratio new / old. A side may add flags of its own after `::`
+(`DIR::--noscan_layers`, comma-separated), to compare two settings of one checkout.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import sys
 import tempfile
 
 
-def run(checkout: str, flags: list[str]) -> dict:
+def run(side: str, flags: list[str]) -> dict:
+    checkout, _, own = side.partition("::")
+    flags = flags + [f for f in own.split(",") if f]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.json")
         env = {**os.environ, "PYTHONPATH": checkout}
