@@ -1,4 +1,4 @@
-"""One accelerator measurement at real scale: `python -m tools.gpu_bench OUT.json [preset]`.
+"""One accelerator measurement at real scale: `python -m tools.gpu_bench OUT.json [preset] [per-layer]`.
 
 Random bf16 weights of LLaDA-8B (or Dream-7B) drawn on the device, prompt 128 + gen 256, batch 1,
 one generation per cache: ms per step against the time to stream the weights once from memory
@@ -37,7 +37,10 @@ def main() -> None:
     cfg = getattr(config, preset)()
     t0 = time.perf_counter()
     p = jax.block_until_ready(device_params(cfg))
+    if len(sys.argv) > 3 and sys.argv[3] == "per-layer":  # one buffer per layer instead of the scanned stack
+        p = jax.block_until_ready(model.unstack_layers(p))
     doc = {"device": str(jax.devices()[0]), "jax": jax.__version__, "preset": preset,
+           "layout": "scanned" if model.is_scanned(p) else "per-layer",
            "param_gib": flops.param_bytes(cfg) / 2**30, "init_s": time.perf_counter() - t0, "results": {}}
     x = jnp.ones((1 << 28,), jnp.bfloat16)  # 512 MiB: a device-to-device copy measures the bandwidth
     copy = jax.jit(lambda a: a * 1)
