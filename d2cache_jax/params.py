@@ -47,10 +47,9 @@ def num_params(cfg: ModelConfig) -> int:
     return int(sum(np.prod(s) for s in jax.tree.leaves(param_shapes(cfg), is_leaf=_is_shape)))
 
 
-def fan_in(name: str, shape: tuple[int, ...], stacked: bool) -> int:
-    """Input width of a weight (the output projection reads heads x head_dim)."""
-    s = shape[1:] if stacked else shape
-    return s[0] * s[1] if name == "wo" else s[0]
+def fan_in(name: str, shape: tuple[int, ...]) -> int:
+    """Input width of one layer's weight (the output projection reads heads x head_dim)."""
+    return shape[0] * shape[1] if name == "wo" else shape[0]
 
 
 def _draw(rng: np.random.Generator, name: str, shape: tuple[int, ...], randomize_norms: bool) -> np.ndarray:
@@ -60,7 +59,7 @@ def _draw(rng: np.random.Generator, name: str, shape: tuple[int, ...], randomize
     if name in BIASES:
         return w * 0.1
     if name != "embed":
-        w *= 1.0 / np.sqrt(fan_in(name, shape, False))
+        w *= 1.0 / np.sqrt(fan_in(name, shape))
     return w
 
 
