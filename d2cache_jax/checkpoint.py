@@ -31,7 +31,7 @@ import numpy as np
 from d2cache_jax import files
 from d2cache_jax.cli import InputError
 from d2cache_jax.config import ModelConfig, read_hf_config, read_json, read_model_config
-from d2cache_jax.params import param_shapes
+from d2cache_jax.params import is_shape, param_shapes
 
 FORMAT = "d2cache-jax/converted-v2"
 OLD_FORMATS = ("d2cache-jax/converted-v1",)
@@ -45,10 +45,6 @@ DTYPES = ("bfloat16", "float32")
 CHUNK_BYTES = 16 << 20
 
 
-def _is_shape(x: Any) -> bool:
-    return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
-
-
 def dotted(path: tuple) -> str:
     """A jax key path of dict keys as a dotted string (`layers.attn.wq`)."""
     return ".".join(str(getattr(k, "key", k)) for k in path)
@@ -56,7 +52,7 @@ def dotted(path: tuple) -> str:
 
 def leaf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every params leaf's dotted path and shape, in the params tree's order."""
-    flat, _ = jax.tree.flatten_with_path(param_shapes(cfg), is_leaf=_is_shape)
+    flat, _ = jax.tree.flatten_with_path(param_shapes(cfg), is_leaf=is_shape)
     return {dotted(path): tuple(shape) for path, shape in flat}
 
 

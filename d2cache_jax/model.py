@@ -101,11 +101,6 @@ def gather_rows(x: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def scatter_rows(x: jax.Array, idx: jax.Array, rows: jax.Array) -> jax.Array:
-    """x [B,T,...] with rows [B,Q,...] written at idx [B,Q]; index T (unused slot) writes nothing."""
-    return x.at[jnp.arange(x.shape[0])[:, None], idx].set(rows.astype(x.dtype), mode="drop")
-
-
 # --- modules ---------------------------------------------------------------------------------------
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], dtype, axes: tuple[str | None, ...],
@@ -195,19 +190,14 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x: jax.Array, pos: jax.Array, key_mask: jax.Array, kv: LayerKV | None = None,
-                 q_idx: jax.Array | None = None, need_weights: bool = False):
-        """The rows x [B,Q,d] at positions pos [B,Q].
-
-        With `kv=None` the rows are the whole sequence (Q == T) and attend to themselves. With a cache
-        (this layer's [B,T,Hkv,hd]), the rows' fresh K/V are scattered into it at `q_idx` and the rows
-        attend over the updated cache. Returns (x, the layer's LayerKV, head-mean weights or None).
-        """
+    def __call__(self, x: jax.Array, pos: jax.Array, key_mask: jax.Array, need_weights: bool = False):
+        """The whole sequence x [B,T,d] at positions pos [B,T], every row attending to every row.
+        Returns (x, the layer's LayerKV, head-mean weights or None). (Row subsets over a cache are
+        `Transformer.rows`, which writes into the stacked cache in place.)"""
         q, k, v = self.attn.qkv(self.attn_norm(x), pos)
-        new_kv = LayerKV(k, v) if kv is None else LayerKV(scatter_rows(kv.k, q_idx, k), scatter_rows(kv.v, q_idx, v))
-        o, w = attention(self.cfg, q, new_kv.k, new_kv.v, key_mask, need_weights)
+        o, w = attention(self.cfg, q, k, v, key_mask, need_weights)
         x = x + self.attn.out(o)
-        return x + self.mlp(self.mlp_norm(x)), new_kv, w
+        return x + self.mlp(self.mlp_norm(x)), LayerKV(k, v), w
 
 
 class RowsOut(NamedTuple):
@@ -374,26 +364,10 @@ def params_of(m: nnx.Module) -> Params:
 
 
 def layer_params(params: Params, i: int) -> Params:
-    """Layer i's params (no layer axis), e.g. for `block`."""
+    """Layer i's params (no layer axis)."""
     if not is_scanned(params):
         return params["layers"][i]
     return jax.tree.map(lambda a: a[i], params["layers"])
-
-
-@functools.lru_cache(maxsize=32)
-def _block_graphdef(cfg: ModelConfig):
-    return nnx.split(nnx.eval_shape(lambda: Block(cfg, rngs=nnx.Rngs(0))))[0]
-
-
-def block_of(cfg: ModelConfig, layer: Params) -> Block:
-    """One block holding a single layer's params (`layer_params`)."""
-    return nnx.merge(_block_graphdef(cfg), layer)
-
-
-def block(lp: Params, cfg: ModelConfig, x: jax.Array, pos: jax.Array, key_mask: jax.Array,
-          kv: LayerKV | None = None, q_idx: jax.Array | None = None, need_weights: bool = False):
-    """`Block.__call__` for one layer's params."""
-    return block_of(cfg, lp)(x, pos, key_mask, kv, q_idx, need_weights)
 
 
 def embed(params: Params, tokens: jax.Array) -> jax.Array:

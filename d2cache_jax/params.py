@@ -13,7 +13,8 @@ from d2cache_jax.config import ModelConfig
 BIASES = ("bq", "bk", "bv")
 
 
-def _is_shape(x) -> bool:
+def is_shape(x) -> bool:
+    """A shape tuple (a leaf of `param_shapes`)."""
     return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
 
 
@@ -34,17 +35,17 @@ def param_axes(cfg: ModelConfig) -> dict:
 
 def layer_shapes(cfg: ModelConfig) -> dict:
     """One layer's params shapes (no layer axis)."""
-    return jax.tree.map(lambda s: s[1:], param_shapes(cfg)["layers"], is_leaf=_is_shape)
+    return jax.tree.map(lambda s: s[1:], param_shapes(cfg)["layers"], is_leaf=is_shape)
 
 
 def abstract_params(cfg: ModelConfig, dtype=None) -> dict:
     """ShapeDtypeStruct tree of the params (for eval_shape, orbax restore targets, memory estimates)."""
     dt = jnp.dtype(dtype or cfg.param_dtype)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, dt), param_shapes(cfg), is_leaf=_is_shape)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, dt), param_shapes(cfg), is_leaf=is_shape)
 
 
 def num_params(cfg: ModelConfig) -> int:
-    return int(sum(np.prod(s) for s in jax.tree.leaves(param_shapes(cfg), is_leaf=_is_shape)))
+    return int(sum(np.prod(s) for s in jax.tree.leaves(param_shapes(cfg), is_leaf=is_shape)))
 
 
 def fan_in(name: str, shape: tuple[int, ...]) -> int:

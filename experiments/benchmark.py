@@ -123,11 +123,17 @@ def peak_memory() -> int | None:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # host RSS on CPU
 
 
-def run_one(cfg, p, prompts, method: str, decoder: str, gen_length: int, repeats: int, extra: dict,
-            mesh=None) -> dict:
+def run_options(method: str, decoder: str, gen_length: int, extra: dict) -> dict:
+    """Generation options of one cache x decoder (a block longer than gen_length becomes one block)."""
     opts = {**METHOD_OPTIONS[method], **DECODER_OPTIONS[decoder], "gen_length": gen_length, **extra}
     if opts.get("block_length") and gen_length % opts["block_length"]:
         opts["block_length"] = gen_length
+    return opts
+
+
+def run_one(cfg, p, prompts, method: str, decoder: str, gen_length: int, repeats: int, extra: dict,
+            mesh=None) -> dict:
+    opts = run_options(method, decoder, gen_length, extra)
     make_options(**opts)  # validate before spending time
     distributed.check_memory(cfg, opts, len(prompts), len(prompts[0]), mesh or {"data": 1, "model": 1})
     # generate() compiles ahead of time and times the run alone, so no warm-up generation is needed.
@@ -175,9 +181,7 @@ def benchmark(cfg, p, methods, decoders, gen_length, prompt_len, batch_size, rep
 def compile_one(cfg: ModelConfig, method: str, decoder: str, gen_length: int, prompt_len: int, batch_size: int,
                 extra: dict) -> dict:
     """Lower and compile one generation program on abstract params and state: seconds and memory."""
-    opts = {**METHOD_OPTIONS[method], **DECODER_OPTIONS[decoder], "gen_length": gen_length, **extra}
-    if opts.get("block_length") and gen_length % opts["block_length"]:
-        opts["block_length"] = gen_length
+    opts = run_options(method, decoder, gen_length, extra)
     gopts = make_options(**opts)
     prompts = [[0] * prompt_len for _ in range(batch_size)]
     state = jax.eval_shape(lambda: prepare(cfg, prompts, gopts))
