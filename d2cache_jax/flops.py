@@ -56,8 +56,8 @@ def _prefix_rows(cfg: ModelConfig, opts: GenOptions, block: int) -> int:
     return next(c for c in prefix.capacities(cfg, opts) if c >= n)
 
 
-def _dllm_step(cfg: ModelConfig, opts: GenOptions, n: int, p: int, t: int) -> float:
-    """dLLM-Cache step n: layer 0 in full; the others by kind (n % kp, n % kr); head on the block's rows."""
+def _dllm_layers(cfg: ModelConfig, opts: GenOptions, n: int, p: int, t: int) -> float:
+    """dLLM-Cache step n's layers: layer 0 in full; the others by kind (n % kp, n % kr)."""
     from d2cache_jax.cache import dllm
 
     g, k = opts.gen_length, dllm.num_adaptive(opts)
@@ -68,42 +68,67 @@ def _dllm_step(cfg: ModelConfig, opts: GenOptions, n: int, p: int, t: int) -> fl
         rest = layer_flops(cfg, p, t) if rp else 0.0
     else:
         rest = v_proj_flops(cfg, g) + layer_flops(cfg, (p if rp else 0) + k, t)
-    return layer_flops(cfg, t, t) + (cfg.n_layers - 1) * rest + head_flops(cfg, opts.block)
+    return layer_flops(cfg, t, t) + (cfg.n_layers - 1) * rest
+
+
+def _masked_before_steps(size: int, n: int) -> list[int]:
+    """Masked positions of a `size`-position block before each of its n steps, when they commit
+    size // n tokens each and the first size % n steps one more (the vanilla schedule)."""
+    left, out = size, []
+    for i in range(n):
+        out.append(left)
+        left -= size // n + (1 if i < size % n else 0)
+    return out
+
+
+def _head_fit(rows: int, masked: int) -> int:
+    """The head rows a step runs: the smallest compiled bucket (of at most `rows`) holding `masked`."""
+    from d2cache_jax.generation.decodable import head_buckets
+
+    return next((b for b in head_buckets(rows) if b >= masked), rows) if masked > 0 else head_buckets(rows)[0]
 
 
 def generation_flops(cfg: ModelConfig, opts: GenOptions, prompt_len: int, steps: int | None = None,
-                     later_rows: float | None = None, batch: int = 1) -> float:
+                     later_rows: float | None = None, batch: int = 1, head_rows: float | None = None) -> float:
     """FLOPs of one generation of `steps` steps (default: the schedule's) with `opts.cache`.
 
-    none: every layer on all T rows, the head on the block's rows. prefix/dual: a block's first step
-    is a full pass, its later steps run the query rows (dual: the block; prefix: the block and all
-    later positions) padded to the compiled capacity; the head on the block's rows. dllm: see
-    `_dllm_step`. d2cache: step 0 full with the head on all G gen rows; later steps `later_rows` rows
-    (the measured mean bucket; default the capacity Q) through the layers and the head on
-    min(later_rows, H) of them (H = min(Q, G); an upper bound when the bucket varies across H).
+    Layers: none runs all T rows every step. prefix/dual: a block's first step is a full pass, its
+    later steps run the query rows (dual: the block; prefix: the block and all later positions)
+    padded to the compiled capacity. dllm: layer 0 in full, the others by step kind. d2cache: step 0
+    full, later steps `later_rows` rows (the measured mean bucket; default the capacity Q).
+    Head: `head_rows` (rows given the head per sequence over the generation, as measured), or by
+    default the vanilla schedule's count: each step heads the still-masked positions of its block
+    padded to a head bucket (`generation.decodable`); d2Cache's later steps at most min(rows, H) of
+    them (an upper bound).
     """
     g = opts.gen_length
     t = prompt_len + g
     steps = opts.total_steps if steps is None else steps
+    per_block = _block_steps(opts, steps)
+    heads = [_head_fit(opts.block, m) for blk, n in enumerate(per_block) for m in _masked_before_steps(opts.block, n)]
     if opts.cache == "none":
-        total = steps * step_flops(cfg, t, t, opts.block)
+        layers = steps * cfg.n_layers * layer_flops(cfg, t, t)
     elif opts.cache in ("prefix", "dual"):
-        total = 0.0
-        for block, n in enumerate(_block_steps(opts, steps)):
+        layers = 0.0
+        for block, n in enumerate(per_block):
             if n:
-                later = step_flops(cfg, t, _prefix_rows(cfg, opts, block), opts.block) if opts.block > 1 else 0.0
-                total += step_flops(cfg, t, t, opts.block) + (n - 1) * later
+                later = cfg.n_layers * layer_flops(cfg, _prefix_rows(cfg, opts, block), t) if opts.block > 1 else 0.0
+                layers += cfg.n_layers * layer_flops(cfg, t, t) + (n - 1) * later
     elif opts.cache == "dllm":
-        total = sum(_dllm_step(cfg, opts, n, prompt_len, t) for n in range(steps))
+        layers = sum(_dllm_layers(cfg, opts, n, prompt_len, t) for n in range(steps))
     elif opts.cache == "d2cache":
         from d2cache_jax.cache import d2cache
 
         q, h = d2cache.budgets(opts, t)
+        top = d2cache.row_buckets(opts, t)[-1]
         rows = q if later_rows is None else later_rows
-        total = step_flops(cfg, t, t, g) + (steps - 1) * step_flops(cfg, t, rows, min(rows, h))
+        layers = cfg.n_layers * (layer_flops(cfg, t, t) + (steps - 1) * layer_flops(cfg, rows, t))
+        masked = _masked_before_steps(g, steps)
+        heads = [g] + [_head_fit(min(top, g), min(m, int(min(rows, h)))) for m in masked[1:]]
     else:
         raise ValueError(f"no FLOP formula for cache {opts.cache!r}")
-    return batch * total
+    head = head_flops(cfg, sum(heads) if head_rows is None else head_rows)
+    return batch * (layers + head)
 
 
 def param_bytes(cfg: ModelConfig, bytes_per_param: int | None = None) -> int:

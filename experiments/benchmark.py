@@ -151,8 +151,10 @@ def run_one(cfg, p, prompts, method: str, decoder: str, gen_length: int, repeats
                 wall_s_median=med,
                 wall_s_min=min(walls), wall_s_max=max(walls), compile_s=warm.stats["compile_s"],
                 peak_memory_bytes=peak_memory(),
+                head_rows_per_step=runs[0].stats["head_rows"] / steps,
                 flops_per_generation=generation_flops(cfg, make_options(**opts), len(prompts[0]), steps,
-                                                      runs[0].stats["recompute_share"], len(prompts)),
+                                                      runs[0].stats["recompute_share"], len(prompts),
+                                                      runs[0].stats["head_rows"]),
                 options=opts)
 
 
@@ -203,13 +205,14 @@ def compile_one(cfg: ModelConfig, method: str, decoder: str, gen_length: int, pr
 
 
 def generation_flops(cfg: ModelConfig, opts: GenOptions, prompt_len: int, steps: int, recompute_share: float,
-                     batch: int) -> float:
-    """Analytic FLOPs of one measured generation; d2Cache's later steps take the measured mean bucket."""
+                     batch: int, head_rows: float | None = None) -> float:
+    """Analytic FLOPs of one measured generation: d2Cache's later steps take the measured mean bucket,
+    every method the measured head rows."""
     later = None
     if opts.cache == "d2cache" and steps > 1:
         t = prompt_len + opts.gen_length
         later = (recompute_share * steps - 1.0) * t / (steps - 1)  # step 0 counts as all T rows
-    return flops.generation_flops(cfg, opts, prompt_len, steps, later, batch)
+    return flops.generation_flops(cfg, opts, prompt_len, steps, later, batch, head_rows)
 
 
 def model_config(dtype) -> ModelConfig:
@@ -297,7 +300,7 @@ def main(argv):
                                    BATCH_SIZE.value, REPEATS.value, extra, mesh)
         none = next((r for r in doc["results"] if r["method"] == "none" and r["decoder"] == "vanilla"), None)
         if none:
-            f = flops.step_flops(cfg, t, t, make_options(**none["options"]).block, BATCH_SIZE.value)
+            f = none["flops_per_step"]  # its mean step: all T rows, the head on the masked rows of the block
             doc["none_step_flops"] = f
             doc["none_step_flops_per_s"] = f / (none["ms_per_step"] / 1e3)
             doc["none_step_roofline_fraction"] = doc["none_step_flops_per_s"] / doc["roofline_flops"]
@@ -333,19 +336,18 @@ def _method_opts(method: str, gen_length: int, extra: dict) -> GenOptions:
     return make_options(**opts)
 
 
-def _later_rows(cfg: ModelConfig, opts: GenOptions, state: GenState) -> tuple[int, int]:
-    """(rows through the layers, rows given logits) of the step that `state` is about to take."""
+def _later_rows(cfg: ModelConfig, opts: GenOptions, state: GenState) -> int:
+    """Rows through the layers of the step that `state` is about to take."""
     t = state.tokens.shape[1]
     if opts.cache == "none":
-        return t, opts.block
+        return t
     if opts.cache in ("prefix", "dual"):
-        return flops._prefix_rows(cfg, opts, int(state.block)), opts.block
+        return flops._prefix_rows(cfg, opts, int(state.block))
     if opts.cache == "dllm":
-        return dllm_cache.num_adaptive(opts), opts.block
+        return dllm_cache.num_adaptive(opts)
     sizes = d2cache.row_buckets(opts, t)
     count = int((np.asarray(state.cache.q_idx) < t).sum(-1).max())
-    rows = sizes[int(np.searchsorted(sizes, count))]
-    return rows, min(rows, d2cache.budgets(opts, t)[1])
+    return sizes[int(np.searchsorted(sizes, count))]
 
 
 def profile_method(cfg: ModelConfig, p: dict, prompts: list, method: str, gen_length: int, repeats: int,
@@ -359,7 +361,8 @@ def profile_method(cfg: ModelConfig, p: dict, prompts: list, method: str, gen_le
     s1 = _STEP(cfg, sopts, p, s0)
     b, t = s1.tokens.shape
     n_layers, g = cfg.n_layers, opts.gen_length
-    rows, head_rows = _later_rows(cfg, opts, s1)
+    rows = _later_rows(cfg, opts, s1)
+    head_rows = int(_STEP(cfg, sopts, p, s1).head_rows - s1.head_rows)  # the bucket the step itself ran
     out = dict(method=method, total_len=t, layer_rows=rows, head_rows=head_rows,
                step_first_ms=_ms(_STEP, cfg, sopts, p, s0, repeats=repeats),
                step_later_ms=_ms(_STEP, cfg, sopts, p, s1, repeats=repeats))
@@ -415,8 +418,6 @@ def profile_method(cfg: ModelConfig, p: dict, prompts: list, method: str, gen_le
         a = jax.nn.softmax(jax.random.normal(jax.random.key(0), (n_layers, b, rows, t)), -1)
         roll = jax.jit(lambda a, qi: rollout.rollout_importance(a, qi, t))
         ph["rollout_importance"] = _ms(roll, a, q_idx, repeats=repeats)
-        slots = jax.jit(lambda qi, dens, tok: d2cache._logit_slots(cfg, opts, qi, dens, tok, head_rows))
-        ph["logit_slots"] = _ms(slots, q_idx, s1.cache.density, s1.tokens, repeats=repeats)
         gmask = s1.tokens[:, t - g:] == cfg.mask_token_id
         info = StepInfo(transfer=jnp.zeros((b, g), bool).at[:, 0].set(True),
                         conf=jax.random.uniform(k2, (b, g)), valid=jnp.ones((b, g), bool),

@@ -63,7 +63,7 @@ def test_benchmark_profile_schema(tmp_path):
             assert r["phases_ms"][key] > 0, (r["method"], key)
     d2 = next((r for r in doc["profile"] if r["method"] == "d2cache"), None)
     if d2:
-        for key in ("rollout_importance", "after_step_selection", "kv_scatter", "logit_slots"):
+        for key in ("rollout_importance", "after_step_selection", "kv_scatter"):
             assert d2["phases_ms"][key] > 0, key
 
 
@@ -84,30 +84,38 @@ def _step(rows, head_rows):
 
 def _flops(**opts):
     cfg = config_lib.tiny_llada(vocab_size=256)
-    later = opts.pop("later_rows", None)
-    return flops.generation_flops(cfg, make_options(gen_length=G, **opts), P, None, later)
+    later, head = opts.pop("later_rows", None), opts.pop("head_rows", None)
+    return flops.generation_flops(cfg, make_options(gen_length=G, **opts), P, None, later, head_rows=head)
+
+
+# The head runs on a block's still-masked rows padded to a bucket: for 16 rows the buckets are
+# 2, 4, ..., 16, so one token per step heads 16, 16, 14, 14, ..., 2, 2 rows (144 in all); for 8-row
+# blocks every count 8, 7, ..., 1 is a bucket (36 a block); for 4-row blocks 4, 3, 2, 1 (10 a block).
+HEAD16, HEAD8, HEAD4 = 2 * 2 * sum(range(1, 9)), sum(range(1, 9)), sum(range(1, 5))
 
 
 def test_flops_none_prefix_dual_by_hand():
     assert flops.layer_flops(config_lib.tiny_llada(vocab_size=256), 3, 5) == 3 * (ROW + 5 * KEY)
-    assert _flops(cache="none") == 16 * _step(T, G)  # one block of 16: the head on all 16 rows
-    assert _flops(cache="none", block_length=8) == 16 * _step(T, 8)
+    assert _flops(cache="none") == 16 * _step(T, 0) + HEAD16 * HEAD
+    assert _flops(cache="none", head_rows=50) == 16 * _step(T, 0) + 50 * HEAD  # measured head rows
+    assert _flops(cache="none", block_length=8) == 16 * _step(T, 0) + 2 * HEAD8 * HEAD
     # dual, blocks of 8: per block one full pass, then 7 steps on the block's 8 rows.
-    assert _flops(cache="dual", block_length=8) == 2 * (_step(T, 8) + 7 * _step(8, 8))
+    assert _flops(cache="dual", block_length=8) == 2 * (_step(T, 0) + 7 * _step(8, 0)) + 2 * HEAD8 * HEAD
     # prefix: block 0 runs its 16 query rows (capacity 16), block 1 its 8 (capacity 8).
-    assert _flops(cache="prefix", block_length=8) == _step(T, 8) + 7 * _step(16, 8) + _step(T, 8) + 7 * _step(8, 8)
+    want = _step(T, 0) + 7 * _step(16, 0) + _step(T, 0) + 7 * _step(8, 0) + 2 * HEAD8 * HEAD
+    assert _flops(cache="prefix", block_length=8) == want
     # prefix with 4 blocks of 4: query rows 16, 12, 8, 4 padded to capacities 16, 16, 8, 4.
-    want = sum(_step(T, 4) + 3 * _step(c, 4) for c in (16, 16, 8, 4))
+    want = sum(_step(T, 0) + 3 * _step(c, 0) for c in (16, 16, 8, 4)) + 4 * HEAD4 * HEAD
     assert _flops(cache="prefix", block_length=4) == want
 
 
 def test_flops_dllm_by_hand():
     # kp 4, kr 2, rou 0.25 (4 adaptive rows): layer 0 always full; n % 4 == 0 full; n even response
-    # (16 rows); n odd V-verify of the 16 response rows + 4 rows. Head on the block (all 16 rows).
+    # (16 rows); n odd V-verify of the 16 response rows + 4 rows. Head on the block's masked rows.
     full = LAYERS * _layer(T)
     resp = _layer(T) + _layer(G)
     adapt = _layer(T) + VPROJ * G + _layer(4)
-    want = sum(full if n % 4 == 0 else resp if n % 2 == 0 else adapt for n in range(16)) + 16 * G * HEAD
+    want = sum(full if n % 4 == 0 else resp if n % 2 == 0 else adapt for n in range(16)) + HEAD16 * HEAD
     assert _flops(cache="dllm", kp=4, kr=2, rou=0.25) == want
     # kp 3, kr 2: n % 3 == 0 and odd -> prompt refresh + V-verify (8 + 4 rows); rou 0 -> prompt rows only.
     def kind(n, rou_rows):
@@ -118,16 +126,20 @@ def test_flops_dllm_by_hand():
             return _layer(P) if rp else 0
         return VPROJ * G + _layer((P if rp else 0) + rou_rows)
     for rou, k in ((0.25, 4), (0.0, 0)):
-        want = sum(_layer(T) + kind(n, k) for n in range(16)) + 16 * G * HEAD
+        want = sum(_layer(T) + kind(n, k) for n in range(16)) + HEAD16 * HEAD
         assert _flops(cache="dllm", kp=3, kr=2, rou=rou) == want, rou
 
 
 def test_flops_d2cache_by_hand():
     # Q: k 16 + 1 committed + floor(0.1 * 7) + 2 = 19 rows, inflated 19 + 18 * 3 = 73 -> all 24; H = min(Q, G) = 16.
-    # Step 0 full with the head on the 16 gen rows; 15 later steps of the mean bucket, head on min(rows, 16).
-    assert _flops(cache="d2cache", later_rows=10.5) == pytest.approx(_step(T, G) + 15 * _step(10.5, 10.5))
-    assert _flops(cache="d2cache", later_rows=20) == pytest.approx(_step(T, G) + 15 * _step(20, 16))
-    assert _flops(cache="d2cache") == pytest.approx(_step(T, G) + 15 * _step(24, 16))
+    # Step 0 full with the head on the 16 gen rows; 15 later steps of the mean bucket through the layers,
+    # the head on at most min(rows, H) of the 15, 14, ..., 1 masked positions, padded to 2, 4, ..., 16.
+    # rows 10.5: heads of min(m, 10) = 10 x 6, then 9..1 -> 10, 8, 8, 6, 6, 4, 4, 2, 2.
+    head = 16 + 60 + 50
+    assert _flops(cache="d2cache", later_rows=10.5) == pytest.approx(15 * _step(10.5, 0) + _step(T, 0) + head * HEAD)
+    head = 16 + 2 * 2 * sum(range(1, 8)) + 16  # 16 for step 0, then 16, 14, 14, ..., 2, 2
+    assert _flops(cache="d2cache", later_rows=20) == pytest.approx(_step(T, 0) + 15 * _step(20, 0) + head * HEAD)
+    assert _flops(cache="d2cache") == pytest.approx(_step(T, 0) + 15 * _step(24, 0) + head * HEAD)
 
 
 def test_benchmark_sweep_and_bad_flags(tmp_path):

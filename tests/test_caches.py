@@ -62,7 +62,7 @@ def recording(name: str) -> CacheMethod:
         out = inner.forward(cfg, o, params, state.replace(cache=state.cache[0]))
         ref = none.gen_logits(cfg, o, params, state.tokens, state.positions, state.key_mask)
         bi = jnp.arange(ref.shape[0])[:, None]
-        logits = jnp.zeros_like(ref).at[bi, out.gen_idx].set(out.logits, mode="drop")
+        logits = jnp.zeros_like(ref).at[bi, out.gen_idx].set(model.head(params, cfg, out.hidden), mode="drop")
         valid = scatter_to_gen(out.gen_idx, jnp.ones(out.gen_idx.shape, bool), o.gen_length, False)
         rec = dict(logits=logits, ref=ref, valid=valid, rows=out.rows, block_step=state.block_step)
         return out._replace(cache=(out.cache, rec))
@@ -191,11 +191,11 @@ def test_partial_pass_matches_dense_reference(family, name):
         first = fwd(params, s)
         exact = model.forward(cfg, params, s.tokens, s.key_mask)
         rows = p + block * bl - shift + np.arange(bl)
-        assert rel_err(first.logits, exact[:, rows]) <= TOL
+        assert rel_err(model.head(params, cfg, first.hidden), exact[:, rows]) <= TOL
         np.testing.assert_array_equal(first.gen_idx, np.broadcast_to(block * bl + np.arange(bl), (2, bl)))
         # No token changed: the partial pass reproduces the full pass.
         again = fwd(params, s.replace(cache=first.cache, block_step=jnp.int32(1)))
-        assert rel_err(again.logits, first.logits) <= TOL
+        assert rel_err(again.hidden, first.hidden) <= TOL
         # Two tokens committed: the query rows see fresh K/V of themselves and frozen K/V elsewhere.
         s2 = commit_some(cfg, s, [block * bl, block * bl + 3], seed=100 + block)
         part = fwd(params, s2.replace(cache=first.cache, block_step=jnp.int32(2)))
@@ -203,8 +203,8 @@ def test_partial_pass_matches_dense_reference(family, name):
         fresh = np.zeros((2, t), bool)
         fresh[:, p + block * bl - shift:end] = True
         ref = dense_logits(cfg, params, s2.tokens, s2.positions, s2.key_mask, jnp.asarray(fresh), first.cache)
-        assert rel_err(part.logits, ref[:, rows]) <= TOL
-        assert rel_err(part.logits, exact[:, rows]) > 1e-3  # the change is seen
+        assert rel_err(model.head(params, cfg, part.hidden), ref[:, rows]) <= TOL
+        assert rel_err(model.head(params, cfg, part.hidden), exact[:, rows]) > 1e-3  # the change is seen
         # rows outside the query set stay frozen
         for new, old in zip(reference.unstack(part.cache), reference.unstack(first.cache)):
             np.testing.assert_array_equal(np.asarray(new.k)[~fresh], np.asarray(old.k)[~fresh])
@@ -313,7 +313,7 @@ def test_dllm_steps_match_dense_reference(family, rou):
             s = commit_some(cfg, s, order[:5 * n], seed=0)
         out = fwd(params, s)
         ref, ref_cache = dllm_dense(cfg, params, s.tokens, s.positions, s.key_mask, ref_cache, kind, kad)
-        assert rel_err(out.logits, ref) <= TOL, (n, kind)
+        assert rel_err(model.head(params, cfg, out.hidden), ref) <= TOL, (n, kind)
         np.testing.assert_array_equal(out.gen_idx, np.broadcast_to(np.arange(G), (2, G)))
         for got, want in zip(out.cache, ref_cache):
             for a, w in zip(got, want):
@@ -324,7 +324,7 @@ def test_dllm_steps_match_dense_reference(family, rou):
     # With no token change, an adaptive step reproduces the exact logits (the cache is fresh).
     exact = none.gen_logits(cfg, opts, params, state.tokens, state.positions, state.key_mask)
     fresh = fwd(params, state.replace(step=jnp.int32(7)))  # 7: adaptive
-    assert rel_err(fresh.logits, exact) <= TOL
+    assert rel_err(model.head(params, cfg, fresh.hidden), exact) <= TOL
 
 
 def test_dllm_step_kinds():

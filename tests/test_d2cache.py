@@ -88,7 +88,7 @@ def test_all_rows_matches_no_cache(family):
             else:
                 state = state.replace(cache=state.cache._replace(q_idx=all_rows(state)))
         fo = jit_forward(family)(params, state)
-        got, cov = to_gen(fo.logits, fo.gen_idx, G)
+        got, cov = to_gen(model.head(params, cfg, fo.hidden), fo.gen_idx, G)
         assert bool(cov.all())
         assert rel_err(got, no_cache_logits(cfg, params, state)) <= 1e-5
         state, ref = step(params, state), ref_step(params, ref)
@@ -100,14 +100,14 @@ def test_all_rows_matches_no_cache(family):
 # --- (ii) the partial step -------------------------------------------------------------------------
 
 PARTIAL = dict(gen_length=G, current_k=8, inflate_w=0, capacity=10**6)  # Q = T, row buckets (17, 32)
-H = G  # rows given logits: every recomputed row that predicts a gen position
+H = G  # the most recomputed rows that can predict a gen position
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_partial_step_exact_rows(family):
-    """A fresh cache (K/V of the current canvas) and a chosen row subset, in each row bucket: the rows
-    given logits match the no-cache logits, rows predicting masked positions get them first, and the
-    cache is rewritten with the same K/V."""
+    """A fresh cache (K/V of the current canvas) and a chosen row subset, in each row bucket: every
+    recomputed row that predicts a gen position comes back, its logits equal to the no-cache logits,
+    and the cache is rewritten with the same K/V."""
     cfg, params = setup(family)
     opts = make_options(cache="d2cache", **PARTIAL)
     assert d2cache.row_buckets(opts, 32) == (17, 32) and d2cache.budgets(opts, 32) == (32, H)
@@ -129,7 +129,7 @@ def test_partial_step_exact_rows(family):
         q_idx[1, :sizes[1]] = np.sort(rng.choice(np.arange(p - 5, t), sizes[1], replace=False))  # prompt rows too
         cache = state.cache._replace(kv=full.kv, q_idx=jnp.asarray(q_idx), started=jnp.ones((), bool))
         fo = forward(params, state.replace(tokens=tokens, cache=cache))
-        got, cov = to_gen(fo.logits, fo.gen_idx, G)
+        got, cov = to_gen(model.head(params, cfg, fo.hidden), fo.gen_idx, G)
         cov = np.asarray(cov)
         for b in range(2):
             pred = [r - p + shift for r in q_idx[b] if r < t and 0 <= r - p + shift < G]
@@ -146,31 +146,15 @@ def test_partial_step_exact_rows(family):
         assert int(fo.overflow) == sum(max(len([r for r in q_idx[b] if r < t and 0 <= r - p + shift < G
                                                and gen[b, r - p + shift] == cfg.mask_token_id]) - H, 0)
                                        for b in range(2))
-    if family == "llada":  # a loop that knows the phase: R = H rows, the same values
+    if family == "llada":  # a loop that knows the phase: R = Q rows, the same values
         later = jax.jit(functools.partial(d2cache.METHOD.forward, cfg, opts, phase="later"))
         fl = later(params, state.replace(tokens=tokens, cache=cache))
-        assert fl.logits.shape[1] == H and fo.logits.shape[1] == G
-        np.testing.assert_array_equal(fl.gen_idx, fo.gen_idx[:, :H])
-        got, cov = to_gen(fl.logits, fl.gen_idx, G)
+        assert fl.hidden.shape[1] == fo.hidden.shape[1] == 32  # Q rows, the largest bucket (Q > G)
+        np.testing.assert_array_equal(fl.gen_idx, fo.gen_idx)
+        got, cov = to_gen(model.head(params, cfg, fl.hidden), fl.gen_idx, G)
         assert np.asarray(cov).sum() == int((np.asarray(fl.gen_idx) < G).sum()) > 0
         err = np.abs(np.asarray(got) - ref).max(-1)[np.asarray(cov)].max() / np.abs(ref).max()
         assert err <= 1e-5  # against the no-cache logits of the same rows
-
-
-def test_logit_slots_prefer_masked_rows():
-    """Of the recomputed rows only H get logits: rows predicting masked positions first (by stage-1
-    score), then other gen rows; masked ones beyond H count as overflow."""
-    cfg = tiny_llada()
-    opts = make_options(cache="d2cache", gen_length=8)
-    tokens = jnp.asarray([[1, 2, 3, 4] + [9, cfg.mask_token_id] * 4])  # P = 4; gen 1, 3, 5, 7 masked
-    density = jnp.asarray([[0, 0.1, 0, 0.9, 0, 0.5, 0, 0.3]], jnp.float32)
-    q_idx = jnp.asarray([[2, 4, 5, 7, 9, 11, 12]])
-    slots, gen_idx, dropped = d2cache._logit_slots(cfg, opts, q_idx, density, tokens, 3)
-    np.testing.assert_array_equal(gen_idx, [[3, 5, 7]])  # masked rows 7, 9, 11 by score; row 5 dropped
-    assert int(dropped) == 1
-    slots, gen_idx, dropped = d2cache._logit_slots(cfg, opts, q_idx, density, tokens, 6)
-    np.testing.assert_array_equal(gen_idx, [[3, 5, 7, 1, 0, 8]])  # then gen row 4, then the prompt row
-    assert int(dropped) == 0
 
 
 # --- (iii) each rule against a NumPy statement -----------------------------------------------------

@@ -138,9 +138,10 @@ def test_logits_for_the_current_block_only(llada, dream, name, family):
     opts = make_options(cache=name, gen_length=16, block_length=4)
     state = gen_lib.prepare(cfg, [[5, 6, 7, 8, 9]], opts).replace(block=jnp.int32(2))
     out = jax.jit(lambda s: METHODS[name].forward(cfg, opts, p, s))(state)
-    assert out.logits.shape[1] == 4
+    assert out.hidden.shape[1] == 4
     np.testing.assert_array_equal(out.gen_idx[0], [8, 9, 10, 11])
     full = np.asarray(model.forward(cfg, p, state.tokens, state.key_mask))
     t = state.tokens.shape[1]
     rows = t - 16 + np.arange(8, 12) - (1 if cfg.shift_logits else 0)
-    np.testing.assert_allclose(np.asarray(out.logits[0]), full[0, rows], rtol=2e-5, atol=2e-5)
+    logits = np.asarray(model.head(p, cfg, out.hidden))
+    np.testing.assert_allclose(logits[0], full[0, rows], rtol=2e-5, atol=2e-5)

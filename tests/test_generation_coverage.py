@@ -206,17 +206,19 @@ def test_random_remasking():
 @pytest.mark.parametrize("sampling", ["categorical", "gumbel"])
 def test_temperature_top_k_sampling(sampling):
     """temperature 1, top_k 3: every committed token is within the top 3 of its step's logits, and
-    sampling really happens (not always the arg-max)."""
+    sampling really happens (not always the arg-max; counted over two seeds, as one seed commits only
+    about a dozen tokens and the low-confidence rule prefers rows that drew their top-1)."""
     cfg, p = setup("llada")
-    res = run("llada", 1.0, tup(PROMPTS), temperature=1.0, top_k=3, sampling=sampling, seed=1)
-    finished(cfg, res)
     not_top1 = 0
-    for lg, _, now in replay(cfg, p, PROMPTS, res):
-        assert (now.sum(-1) == 1).all()
-        top3 = np.argsort(-lg, -1)[..., :3]
-        tok = res.tokens[now]
-        assert (top3[now] == tok[:, None]).any(-1).all()
-        not_top1 += int((top3[now][:, 0] != tok).sum())
+    for seed in (1, 2):
+        res = run("llada", 1.0, tup(PROMPTS), temperature=1.0, top_k=3, sampling=sampling, seed=seed)
+        finished(cfg, res)
+        for lg, _, now in replay(cfg, p, PROMPTS, res):
+            assert (now.sum(-1) == 1).all()
+            top3 = np.argsort(-lg, -1)[..., :3]
+            tok = res.tokens[now]
+            assert (top3[now] == tok[:, None]).any(-1).all()
+            not_top1 += int((top3[now][:, 0] != tok).sum())
     assert not_top1 >= 5
 
 

@@ -13,14 +13,16 @@ from d2cache_jax.config import ModelConfig
 
 
 class ForwardOut(NamedTuple):
-    """What a cache's forward gives the decoder: logits for some gen positions."""
+    """What a cache's forward gives the decoder: last-layer hidden states of rows that predict gen
+    positions (the step runs the head on those still masked, `generation.decodable`)."""
 
-    logits: jax.Array  # [B, R, V] float32
+    hidden: jax.Array  # [B, R, d] before the final norm
     gen_idx: jax.Array  # [B, R] int32: the gen position each row predicts (G = unused slot)
     cache: Any
     rows: jax.Array  # () float32: share of the T rows that went through the layers (padded slots included)
     overflow: jax.Array  # () int32: rows wanted beyond the capacity this step
     selected: jax.Array | None = None  # () float32: share of the T rows the method asked for (None: = rows)
+    hidden_uncond: jax.Array | None = None  # [B, R, d]: classifier-free guidance's unconditional pass
 
 
 class StepInfo(NamedTuple):
@@ -72,17 +74,23 @@ def gen_rows(cfg: ModelConfig, prompt_len: int, gen_length: int) -> jax.Array:
     return jnp.arange(gen_length) + prompt_len - (1 if cfg.shift_logits else 0)
 
 
-def block_logits(cfg: ModelConfig, opts, params, hidden: jax.Array, block: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Logits for the current block's gen positions only, the only ones a decoder may commit
-    (hidden [B, T, d] -> logits [B, bl, V], gen_idx [B, bl]); the head is the costly part of a row."""
-    from d2cache_jax.model import head
-
+def block_hidden(cfg: ModelConfig, opts, hidden: jax.Array, block: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The rows that predict the current block's gen positions, the only ones a decoder may commit
+    (hidden [B, T, d] -> [B, bl, d], gen_idx [B, bl])."""
     bl, g = opts.block, opts.gen_length
     p = hidden.shape[1] - g
     start = jnp.minimum(block, opts.num_blocks - 1) * bl
     rows = jax.lax.dynamic_slice_in_dim(hidden, p - (1 if cfg.shift_logits else 0) + start, bl, axis=1)
     gen_idx = jnp.broadcast_to(start + jnp.arange(bl, dtype=jnp.int32), (hidden.shape[0], bl))
-    return head(params, cfg, rows), gen_idx
+    return rows, gen_idx
+
+
+def logits_of(cfg: ModelConfig, params, out: ForwardOut) -> jax.Array:
+    """Logits [B, R, V] of every row of a forward, guidance aside (for tests and tools; the step heads
+    only the rows it needs)."""
+    from d2cache_jax.model import head
+
+    return head(params, cfg, out.hidden)
 
 
 def rows_to_gen(cfg: ModelConfig, rows: jax.Array, prompt_len: int, gen_length: int) -> jax.Array:

@@ -28,9 +28,10 @@ After each step (`after_step`) the next selection is built:
 Static capacity Q (`budgets`): the selection is packed into Q slots by priority, stage 1 (with
 Dream's shifted rows) > committed > stage 2 > inflation > top-up; rows beyond Q are dropped and
 counted in `overflow`. Q covers the most the rules can choose, inflation included, so the defaults
-never overflow. Rows that predict a gen position get logits (H = min(Q, G) of them; prompt rows
-need none). The rollout and importance follow the model's dtype only in upstream (bf16 for a bf16
-model); here they are float32 in both modes.
+never overflow. Every recomputed row that predicts a still-masked gen position gets logits (the
+step's head, `generation.decodable`; at most H = min(Q, G) rows). The rollout and importance
+follow the model's dtype only in upstream (bf16 for a bf16 model); here they are float32 in both
+modes.
 
 Rows with nothing to commit in a step (done, or idle in their block while batch mates still work)
 recompute nothing and keep their cache state, as upstream skips inactive rows, so a row's tokens do
@@ -85,8 +86,9 @@ def budgets(opts, total_len: int) -> tuple[int, int]:
     stages 1-2 choose n <= k + c + floor(p (T - k - c)) + 2 rows (k stage-1 rows, c committed, a
     nucleus of mass <= p over the other rows holds at most p of them plus the top one, Dream's row
     P-1); inflation then fills gaps of at most inflate_w - 1 rows between consecutive chosen rows,
-    at most n - 1 gaps. H = min(Q, G): every recomputed row that predicts a gen position gets
-    logits, so no recomputed masked position is left undecodable.
+    at most n - 1 gaps. H = min(Q, G): the most recomputed rows that can predict a gen position
+    (each gets logits while its position is masked, so no recomputed masked position is left
+    undecodable).
     """
     k, c = min(opts.current_k, opts.gen_length), _commit_budget(opts)
     n = k + c + math.floor(opts.rollout_p * max(total_len - k - c, 0)) + 2
@@ -122,46 +124,28 @@ def init(cfg, opts, batch: int, total_len: int) -> D2State:
         overflow=jnp.zeros((), jnp.int32))
 
 
-def _pad_rows(logits: jax.Array, gen_idx: jax.Array, r: int, g: int):
-    """Pad [B, n, V] logits and [B, n] gen indices to r rows (zeros / unused index G)."""
-    n = logits.shape[1]
+def _pad_rows(hidden: jax.Array, gen_idx: jax.Array, r: int, g: int):
+    """Pad [B, n, d] hidden states and [B, n] gen indices to r rows (zeros / unused index G)."""
+    n = hidden.shape[1]
     if n == r:
-        return logits, gen_idx
-    logits = jnp.pad(logits, ((0, 0), (0, r - n), (0, 0)))
-    return logits, jnp.pad(gen_idx, ((0, 0), (0, r - n)), constant_values=g)
-
-
-def _logit_slots(cfg, opts, q_idx: jax.Array, density: jax.Array, tokens: jax.Array, h: int):
-    """The h slots of q_idx [B, Q] whose rows get logits: rows predicting still-masked positions first
-    (by stage-1 score `density` [B, G]), then other gen-predicting rows.
-    Returns (slots [B, H], gen_idx [B, H], masked rows left without logits)."""
-    b, t = tokens.shape
-    g = opts.gen_length
-    p = t - g
-    pred = rows_to_gen(cfg, q_idx, p, g).astype(jnp.int32)  # [B, Q]
-    masked = jnp.pad(tokens[:, p:] == cfg.mask_token_id, ((0, 0), (0, 1)))  # index G: no position
-    need = jnp.take_along_axis(masked, pred, axis=1)
-    score = jnp.take_along_axis(jnp.pad(density, ((0, 0), (0, 1))), pred, axis=1)
-    slot = jnp.broadcast_to(jnp.arange(pred.shape[1]), pred.shape)
-    rank = need.astype(jnp.int32) * 2 + (pred < g)
-    slots = jnp.lexsort((slot, -jnp.where(need, score, 0.0), -rank), axis=-1)[:, :h]
-    gen_idx = jnp.take_along_axis(pred, slots, axis=1)
-    dropped = need.sum() - jnp.take_along_axis(need, slots, axis=1).sum()
-    return slots, gen_idx, dropped.astype(jnp.int32)
+        return hidden, gen_idx
+    hidden = jnp.pad(hidden, ((0, 0), (0, r - n), (0, 0)))
+    return hidden, jnp.pad(gen_idx, ((0, 0), (0, r - n)), constant_values=g)
 
 
 def forward(cfg, opts, params, state, phase: str | None = None) -> ForwardOut:
-    """Step 0 (full pass) or a partial step, chosen on device; R = max(G, H) logit rows either way.
+    """Step 0 (full pass, the G gen-predicting rows) or a partial step (its recomputed rows, padded to
+    the largest bucket Q), chosen on device; R = max(G, Q) rows when the phase is not given.
 
-    A loop that knows the phase statically may pass `phase="first"` (full pass, R = G) or
-    `phase="later"` (partial step, R = H): later steps then skip the proposal over G - H padded rows.
+    A loop that knows the phase statically may pass `phase="first"` (R = G) or `phase="later"` (R = Q).
+    The step runs the head on the rows that predict still-masked positions.
     """
     c: D2State = state.cache
     b, t = state.tokens.shape
     g = opts.gen_length
     p = t - g
-    h_max = budgets(opts, t)[1]
-    r = {"first": g, "later": h_max}.get(phase, max(g, h_max))
+    sizes = row_buckets(opts, t)
+    r = {"first": g, "later": sizes[-1]}.get(phase, max(g, sizes[-1]))
     dt = c.kv.k.dtype
     # Rows with nothing to commit this step (done, or idle in the block while batch mates work)
     # recompute nothing and keep their selection, as upstream skips inactive rows: a row's result
@@ -171,28 +155,20 @@ def forward(cfg, opts, params, state, phase: str | None = None) -> ForwardOut:
 
     def full(_):
         out = model.forward_rows(cfg, params, state.tokens, state.positions, state.key_mask, need_weights=True)
-        logits = model.head(params, cfg, out.hidden[:, gen_rows(cfg, p, g)])
         gen_idx = jnp.broadcast_to(jnp.arange(g, dtype=jnp.int32), (b, g))
         all_rows = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         imp = rollout.rollout_importance(out.attn, all_rows, t)
         kv = jax.tree.map(lambda x: x.astype(dt), out.kv)
-        return (*_pad_rows(logits, gen_idx, r, g), kv, imp, jnp.int32(0))
+        return (*_pad_rows(out.hidden[:, gen_rows(cfg, p, g)], gen_idx, r, g), kv, imp)
 
     def partial(q, _):
         q_idx = q_all[:, :q]  # ascending, unused slots (T) last: the first q hold the selection
         out = model.forward_rows(cfg, params, state.tokens, state.positions, state.key_mask,
                                  q_idx=q_idx, kv=c.kv, need_weights=True)
-        h = min(q, h_max)
-        if h < q:
-            slots, gen_idx, dropped = _logit_slots(cfg, opts, q_idx, c.density, state.tokens, h)
-            hidden = jnp.take_along_axis(out.hidden, slots[..., None], axis=1)
-        else:
-            hidden, gen_idx, dropped = out.hidden, rows_to_gen(cfg, q_idx, p, g).astype(jnp.int32), 0
-        logits = model.head(params, cfg, hidden)
+        gen_idx = rows_to_gen(cfg, q_idx, p, g).astype(jnp.int32)
         imp = jnp.where(active[:, None], rollout.rollout_importance(out.attn, q_idx, t), c.importance)
-        return (*_pad_rows(logits, gen_idx, r, g), out.kv, imp, c.overflow + dropped)
+        return (*_pad_rows(out.hidden, gen_idx, r, g), out.kv, imp)
 
-    sizes = row_buckets(opts, t)
     count = (q_all < t).sum(-1)
     bucket = jnp.searchsorted(jnp.asarray(sizes), count.max())
     branches = [functools.partial(partial, q) for q in sizes]
@@ -202,11 +178,11 @@ def forward(cfg, opts, params, state, phase: str | None = None) -> ForwardOut:
         branch = bucket
     else:
         branch, branches = jnp.where(c.started, 1 + bucket, 0), [full] + branches
-    logits, gen_idx, kv, imp, overflow = jax.lax.switch(branch, branches, None)
+    hidden, gen_idx, kv, imp = jax.lax.switch(branch, branches, None)
     # Rows run: the bucket's size for every sequence (padded slots go through the layers too).
     ran = jnp.where(c.started, jnp.asarray(sizes, jnp.float32)[bucket] / t, 1.0).astype(jnp.float32)
     selected = jnp.where(c.started, jnp.mean(count / t), 1.0).astype(jnp.float32)
-    return ForwardOut(logits, gen_idx, c._replace(kv=kv, importance=imp), ran, overflow, selected)
+    return ForwardOut(hidden, gen_idx, c._replace(kv=kv, importance=imp), ran, c.overflow, selected)
 
 
 def is_first(state) -> jax.Array:

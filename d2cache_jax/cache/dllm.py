@@ -13,7 +13,7 @@ original dLLM-Cache does so is unsure): kept for parity.
 
 Static shapes: the step kind (full, response, prompt + adaptive, adaptive) is a `lax.switch` over
 branches with fixed row counts (P+G, G, P+k, k); only the kinds that kp and kr can produce are
-compiled. Logits come out for the current block's positions, the only ones that can be decoded.
+compiled. Hidden states come out for the current block's positions, the only ones that can be decoded.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from d2cache_jax import model
-from d2cache_jax.cache.base import CacheMethod, ForwardOut, block_logits
+from d2cache_jax.cache.base import CacheMethod, ForwardOut, block_hidden
 from d2cache_jax.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -182,8 +182,8 @@ def forward(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState) -
         return run
 
     x, cache, rows = jax.lax.switch(table[kind], [branch(c) for c in kinds], x, cache)
-    logits, gen_idx = block_logits(cfg, opts, params, x, state.block)
-    return ForwardOut(logits, gen_idx, cache, rows, jnp.int32(0))
+    hidden, gen_idx = block_hidden(cfg, opts, x, state.block)
+    return ForwardOut(hidden, gen_idx, cache, rows, jnp.int32(0))
 
 
 METHOD = CacheMethod(init=init, forward=forward)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from d2cache_jax import model
-from d2cache_jax.cache.base import CacheMethod, ForwardOut, block_logits, gen_rows
+from d2cache_jax.cache.base import CacheMethod, ForwardOut, block_hidden, gen_rows
 
 
 def init(cfg, opts, batch, total_len):
@@ -20,21 +20,21 @@ def gen_logits(cfg, opts, params, tokens, positions, key_mask):
 
 
 def forward(cfg, opts, params, state) -> ForwardOut:
-    """Full pass; logits for the current block only (semi-AR: the other blocks cannot be decoded)."""
+    """Full pass; hidden states of the current block's rows only (semi-AR: the other blocks cannot be decoded)."""
 
     def block_pass(tokens):
         out = model.forward_rows(cfg, params, tokens, state.positions, state.key_mask)
-        return block_logits(cfg, opts, params, out.hidden, state.block)
+        return block_hidden(cfg, opts, out.hidden, state.block)
 
-    logits, gen_idx = block_pass(state.tokens)
+    hidden, gen_idx = block_pass(state.tokens)
+    uncond = None
     if opts.cfg_scale > 0:
         # Classifier-free guidance (LLaDA reference): the unconditional canvas masks every prompt token.
         p = state.tokens.shape[1] - opts.gen_length
-        uncond = state.tokens.at[:, :p].set(jnp.where(state.key_mask[:, :p], cfg.mask_token_id,
-                                                        state.tokens[:, :p]))
-        un, _ = block_pass(uncond)
-        logits = un + (opts.cfg_scale + 1.0) * (logits - un)
-    return ForwardOut(logits, gen_idx, state.cache, jnp.float32(1.0), jnp.int32(0))
+        masked_prompt = state.tokens.at[:, :p].set(jnp.where(state.key_mask[:, :p], cfg.mask_token_id,
+                                                               state.tokens[:, :p]))
+        uncond, _ = block_pass(masked_prompt)
+    return ForwardOut(hidden, gen_idx, state.cache, jnp.float32(1.0), jnp.int32(0), hidden_uncond=uncond)
 
 
 METHOD = CacheMethod(init=init, forward=forward)

@@ -17,7 +17,7 @@ Static shapes: one `lax.switch` picks the full pass or a partial pass of fixed c
 compiled step covers every step. Unused slots of a partial pass carry the index T (gather clamped,
 scatter dropped). Dual has a single capacity; prefix, whose query set shrinks block by block, has
 one branch per capacity of 1, 2, 4, ... blocks (+1 row for Dream), so no pass computes more than
-twice the rows it needs. Logits come out for the block's positions only, the only eligible ones.
+twice the rows it needs. Hidden states come out for the block's positions only, the only eligible ones.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def forward(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState) -
     def full(kv):
         out = model.forward_rows(cfg, params, state.tokens, state.positions, state.key_mask)
         hid = jax.lax.dynamic_slice_in_dim(out.hidden, r0, bl, axis=1)
-        return model.head(params, cfg, hid), out.kv, jnp.float32(1.0), jnp.float32(1.0)
+        return hid, out.kv, jnp.float32(1.0), jnp.float32(1.0)
 
     def partial(cap):
         def run(kv):
@@ -90,7 +90,7 @@ def forward(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState) -
                                      q_idx=q_idx, kv=kv)
             selected = jnp.minimum(n, t - r0).astype(jnp.float32) / t
             # All `cap` slots go through the layers, the padded ones (index T) included.
-            return model.head(params, cfg, out.hidden[:, :bl]), out.kv, jnp.float32(cap / t), selected
+            return out.hidden[:, :bl], out.kv, jnp.float32(cap / t), selected
         return run
 
     # With one-position blocks every step starts a block: the partial passes are never taken.
@@ -99,8 +99,8 @@ def forward(cfg: ModelConfig, opts: GenOptions, params: dict, state: GenState) -
     if caps:
         fit = jnp.searchsorted(jnp.asarray(caps, jnp.int32), query_count(cfg, opts, block))
         branch = jnp.where(state.block_step == 0, 0, 1 + fit)
-    logits, kv, rows, selected = jax.lax.switch(branch, [full] + [partial(c) for c in caps], state.cache)
-    return ForwardOut(logits, gen_idx, kv, rows, jnp.int32(0), selected)
+    hidden, kv, rows, selected = jax.lax.switch(branch, [full] + [partial(c) for c in caps], state.cache)
+    return ForwardOut(hidden, gen_idx, kv, rows, jnp.int32(0), selected)
 
 
 METHOD = CacheMethod(init=init, forward=forward)

@@ -119,9 +119,9 @@ def _host_loop(compiled, params, state: GenState, opts: GenOptions, progress: bo
 
 def _result(cfg: ModelConfig, opts: GenOptions, state: GenState, wall_s: float, compile_s: float,
             n_prompts: int | None = None):
-    tokens, commit, conf, steps, rows, selected, overflow = sharding.to_host(
+    tokens, commit, conf, steps, rows, selected, overflow, head_rows = sharding.to_host(
         (state.tokens[:, -opts.gen_length:], state.commit_step, state.commit_conf, state.step,
-         state.rows_computed, state.rows_selected, state.overflow))
+         state.rows_computed, state.rows_selected, state.overflow, state.head_rows))
     tokens, commit, conf = tokens[:n_prompts], commit[:n_prompts], conf[:n_prompts]  # drop rows padded for the mesh
     tokens = np.asarray(tokens, np.int32).copy()
     lengths = first_stop(cfg, tokens)
@@ -155,6 +155,7 @@ def _result(cfg: ModelConfig, opts: GenOptions, state: GenState, wall_s: float, 
         tokens_per_s=float(lengths.sum()) / wall_s if wall_s > 0 else 0.0,
         recompute_share=float(rows) / max(steps, 1),  # rows run through the layers (padded slots too)
         selected_share=float(selected) / max(steps, 1),  # rows the cache selected
+        head_rows=float(head_rows),  # rows given the output head, per sequence, over the generation
         overflow_rows=int(overflow),
         masked_left=[int(x) for x in masked_left],  # positions never committed, per sequence
         masked_left_total=int(masked_left.sum()),

@@ -31,6 +31,7 @@ class GenState:
     rows_computed: jax.Array  # () float32: sum over steps of the share of rows run through the layers
     rows_selected: jax.Array  # () float32: sum over steps of the share of rows the cache selected
     overflow: jax.Array  # () int32: rows a selective cache wanted but could not fit in its capacity
+    head_rows: jax.Array  # () float32: sum over steps of the rows given the output head (per sequence)
 
 
 PROMPT_BUCKET, PROMPT_GROWTH = 16, 1.5  # the default prompt-length rule (GenOptions.prompt_bucket/_growth)
@@ -107,4 +108,4 @@ def init_state(cfg: ModelConfig, opts, prompt_ids: np.ndarray, prompt_mask: np.n
         block=zero(), block_step=zero(), step=zero(),
         n_block_start=jnp.full((b,), opts.block, jnp.int32), done=jnp.zeros((b,), bool), rng=rng,
         cache=cache, rows_computed=jnp.zeros((), jnp.float32), rows_selected=jnp.zeros((), jnp.float32),
-        overflow=zero())
+        overflow=zero(), head_rows=jnp.zeros((), jnp.float32))

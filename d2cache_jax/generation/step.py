@@ -15,6 +15,7 @@ from d2cache_jax.decoding import DECODERS, schedule
 from d2cache_jax.decoding.base import DecodeInputs
 from d2cache_jax.decoding.density import certainty_density
 from d2cache_jax.decoding.sampling import propose
+from d2cache_jax.generation import decodable
 from d2cache_jax.generation.state import GenState
 
 
@@ -55,14 +56,17 @@ def _step(cfg: ModelConfig, opts, params, state: GenState, forward) -> GenState:
     fwd = forward(cfg, opts, params, state)
     rng, k_prop, k_dec = jax.random.split(state.rng, 3)
 
-    logits = fwd.logits
-    if opts.upstream_compat and cfg.param_dtype == "bfloat16":
-        logits = logits.astype(jnp.bfloat16).astype(jnp.float32)  # upstream's head returns bf16 logits
-    prop = propose(logits, k_prop, **propose_kw(cfg, opts))
-    valid = scatter_to_gen(fwd.gen_idx, jnp.ones_like(fwd.gen_idx, bool), g, False)
-    x0 = scatter_to_gen(fwd.gen_idx, prop.token, g, 0)
-    conf = scatter_to_gen(fwd.gen_idx, prop.conf, g, -jnp.inf)
-    ent = scatter_to_gen(fwd.gen_idx, prop.entropy, g, jnp.inf)
+    gen = state.tokens[:, p:]
+    # Only rows predicting a still-masked position of an unfinished sequence get the head.
+    masked_at = jnp.take_along_axis(jnp.pad(gen == cfg.mask_token_id, ((0, 0), (0, 1))), fwd.gen_idx, axis=1)
+    need = masked_at & ~state.done[:, None]
+    prop, head_rows = decodable.propose_rows(cfg, opts, params, fwd.hidden, need, k_prop, propose_kw(cfg, opts),
+                                             fwd.hidden_uncond)
+    gen_idx = jnp.where(need, fwd.gen_idx, g)
+    valid = scatter_to_gen(gen_idx, jnp.ones_like(gen_idx, bool), g, False)
+    x0 = scatter_to_gen(gen_idx, prop.token, g, 0)
+    conf = scatter_to_gen(gen_idx, prop.conf, g, -jnp.inf)
+    ent = scatter_to_gen(gen_idx, prop.entropy, g, jnp.inf)
     if opts.upstream_compat:
         # Upstream HEAD decodes positions it did not recompute from all-zero logits (ALGORITHMS.md 5 #2).
         z = propose(jnp.zeros((1, cfg.vocab_size), jnp.float32), k_prop, **propose_kw(cfg, opts))
@@ -71,7 +75,6 @@ def _step(cfg: ModelConfig, opts, params, state: GenState, forward) -> GenState:
         ent = jnp.where(valid, ent, z.entropy[0])
         valid = jnp.ones_like(valid)
 
-    gen = state.tokens[:, p:]
     masked = gen == cfg.mask_token_id
     block_mask = jnp.broadcast_to((jnp.arange(g) // bl) == state.block, gen.shape)
     live = block_mask & before_first_stop(cfg, gen) if opts.stop_at_eos else block_mask
@@ -108,7 +111,7 @@ def _step(cfg: ModelConfig, opts, params, state: GenState, forward) -> GenState:
         block_step=jnp.where(advance, 0, state.block_step + 1),
         step=state.step + 1, n_block_start=jnp.where(advance, n_next, state.n_block_start),
         done=done, rng=rng, rows_computed=state.rows_computed + fwd.rows,
-        overflow=state.overflow + fwd.overflow, cache=fwd.cache,
+        overflow=state.overflow + fwd.overflow, cache=fwd.cache, head_rows=state.head_rows + head_rows,
         rows_selected=state.rows_selected + (fwd.rows if fwd.selected is None else fwd.selected))
     info = StepInfo(transfer=transfer, conf=conf, valid=valid, block_mask=block_mask, eligible=eligible,
                     active=active_rows(cfg, opts, state.tokens, state.block, state.done))
