@@ -80,6 +80,9 @@ PROFILE = flags.DEFINE_bool("profile", False, "Also time one step of each method
 PROFILE_REPEATS = flags.DEFINE_integer("profile_repeats", 3, "Timed calls per profiled sub-program (median).")
 COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Only lower and compile each cache x decoder program, with "
                                  "abstract params (nothing allocated): seconds and XLA's memory analysis.")
+MATMUL_CEILING = flags.DEFINE_bool(
+    "matmul_ceiling", True, "Also time the model's own matmuls alone at each method's mean row counts (a "
+    "ceiling that knows how fast this machine multiplies skinny matrices); needs a second copy of the layer weights.")
 LAYERS = flags.DEFINE_integer("layers", None, "Override the preset's number of layers (e.g. 8 vs 32 for compile time).")
 
 
@@ -178,6 +181,52 @@ def benchmark(cfg, p, methods, decoders, gen_length, prompt_len, batch_size, rep
         r["flop_speedup_ceiling"] = base["flops_per_generation"] / r["flops_per_generation"] if base else None
         r["fraction_of_ceiling"] = r["speedup_vs_none"] / r["flop_speedup_ceiling"] if base else None
     return results
+
+
+# ---- the matmul ceiling: the model's matmuls alone, at the row counts each method ran ----
+
+def _layer_matmuls(cfg: ModelConfig, layers: list, x: jax.Array) -> jax.Array:
+    """Every layer's projections and MLP on rows x [B, R, d], nothing else (no attention, norms, RoPE)."""
+    for w in layers:
+        a, m = w["attn"], w["mlp"]
+        qkv = [jnp.einsum("bsd,dnh->bsnh", x, a[k]) for k in ("wq", "wk", "wv")]
+        heads = qkv[0] + jnp.repeat(qkv[1] + qkv[2], cfg.n_heads // cfg.n_kv_heads, axis=2)
+        x = x + 1e-3 * jnp.einsum("bqnh,nhd->bqd", heads, a["wo"])
+        h = jax.nn.silu(jnp.einsum("bsd,df->bsf", x, m["w_gate"])) * jnp.einsum("bsd,df->bsf", x, m["w_up"])
+        x = x + 1e-3 * jnp.einsum("bsf,fd->bsd", h, m["w_down"])
+    return x
+
+
+def matmul_times(cfg: ModelConfig, p: dict, batch: int, total_len: int, repeats: int = 3) -> dict:
+    """Measured ms of the layer matmuls (all layers) and of the head, at a grid of row counts."""
+    layers = model.unstack_layers(p)["layers"]
+    grid = sorted({r for r in (1, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512) if r < total_len} | {total_len})
+    lay = jax.jit(lambda ws, x: _layer_matmuls(cfg, ws, x))
+    hd = jax.jit(lambda p, x: jnp.einsum("bsd,dv->bsv", x, p["lm_head"], preferred_element_type=jnp.float32))
+    dt = model.dtype_of(cfg)
+    out = dict(rows=grid, layers_ms=[], head_ms=[])
+    for r in grid:
+        x = jnp.ones((batch, r, cfg.d_model), dt)
+        out["layers_ms"].append(_ms(lay, layers, x, repeats=repeats))
+        out["head_ms"].append(_ms(hd, p, x, repeats=repeats))
+    return out
+
+
+def add_matmul_ceiling(results: list[dict], mm: dict, total_len: int) -> None:
+    """Per result: the step time its matmuls alone would take (piecewise-linear in the mean rows run
+    through the layers and given the head), the speedup over none that this gives, and how much of it
+    the measured speedup reaches. `non_matmul_ms_per_step` is the rest of the measured step."""
+    base = next((r for r in results if r["method"] == "none" and r["decoder"] == "vanilla"), None)
+    for r in results:
+        rows = r["recompute_share"] * total_len
+        r["matmul_ms_per_step"] = float(np.interp(rows, mm["rows"], mm["layers_ms"])
+                                        + np.interp(r["head_rows_per_step"], mm["rows"], mm["head_ms"]))
+        r["non_matmul_ms_per_step"] = r["ms_per_step"] - r["matmul_ms_per_step"]
+    for r in results:
+        if base:
+            r["matmul_speedup_ceiling"] = (base["matmul_ms_per_step"] * base["steps"]) / (r["matmul_ms_per_step"]
+                                                                                     * r["steps"])
+            r["fraction_of_matmul_ceiling"] = r["speedup_vs_none"] / r["matmul_speedup_ceiling"]
 
 
 def compile_one(cfg: ModelConfig, method: str, decoder: str, gen_length: int, prompt_len: int, batch_size: int,
@@ -298,6 +347,9 @@ def main(argv):
     else:
         doc["results"] = benchmark(cfg, p, METHODS.value, DECODERS.value, GEN_LENGTH.value, PROMPT_LEN.value,
                                    BATCH_SIZE.value, REPEATS.value, extra, mesh)
+        if MATMUL_CEILING.value and mesh is None:
+            doc["matmul_times"] = matmul_times(cfg, p, BATCH_SIZE.value, t)
+            add_matmul_ceiling(doc["results"], doc["matmul_times"], t)
         none = next((r for r in doc["results"] if r["method"] == "none" and r["decoder"] == "vanilla"), None)
         if none:
             f = none["flops_per_step"]  # its mean step: all T rows, the head on the masked rows of the block

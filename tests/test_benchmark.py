@@ -46,8 +46,17 @@ def test_benchmark_json_schema(tmp_path):
         assert r["fraction_of_ceiling"] == pytest.approx(r["speedup_vs_none"] / r["flop_speedup_ceiling"], rel=1e-9)
         assert r["flop_speedup_ceiling"] == pytest.approx(
             none["flops_per_generation"] / r["flops_per_generation"], rel=1e-9)
+        for key in ("matmul_ms_per_step", "matmul_speedup_ceiling", "head_rows_per_step"):
+            assert r[key] > 0, key
+        assert r["fraction_of_matmul_ceiling"] == pytest.approx(r["speedup_vs_none"] / r["matmul_speedup_ceiling"])
+        assert r["non_matmul_ms_per_step"] == pytest.approx(r["ms_per_step"] - r["matmul_ms_per_step"])
     assert none["recompute_share"] == 1.0 and none["forward_passes"] == 32
-    assert none["flop_speedup_ceiling"] == 1.0
+    assert none["flop_speedup_ceiling"] == 1.0 and none["matmul_speedup_ceiling"] == pytest.approx(1.0)
+    # One block of 32, one token per step: the head runs the masked rows padded to 4, 8, ..., 32,
+    # each bucket for 4 steps: 4 * (4 + 8 + ... + 32) / 32 steps = 18 rows a step.
+    assert none["head_rows_per_step"] == 18
+    mm = doc["matmul_times"]
+    assert mm["rows"][-1] == 40 and len(mm["layers_ms"]) == len(mm["head_ms"]) == len(mm["rows"])
 
 
 def test_benchmark_profile_schema(tmp_path):
