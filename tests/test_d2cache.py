@@ -99,7 +99,7 @@ def test_all_rows_matches_no_cache(family):
 
 # --- (ii) the partial step -------------------------------------------------------------------------
 
-PARTIAL = dict(gen_length=G, current_k=8, inflate_w=0, capacity=10**6)  # Q = T, row buckets (17, 32)
+PARTIAL = dict(gen_length=G, current_k=8, inflate_w=0, capacity=10**6)  # Q = T, row buckets 9, 17, 25, 32
 H = G  # the most recomputed rows that can predict a gen position
 
 
@@ -110,7 +110,7 @@ def test_partial_step_exact_rows(family):
     and the cache is rewritten with the same K/V."""
     cfg, params = setup(family)
     opts = make_options(cache="d2cache", **PARTIAL)
-    assert d2cache.row_buckets(opts, 32) == (17, 32) and d2cache.budgets(opts, 32) == (32, H)
+    assert d2cache.row_buckets(opts, 32) == (9, 17, 25, 32) and d2cache.budgets(opts, 32) == (32, H)
     forward = jax.jit(functools.partial(d2cache.METHOD.forward, cfg, opts))
     state = prepare(cfg, PROMPTS, opts)
     t = state.tokens.shape[1]
@@ -123,7 +123,7 @@ def test_partial_step_exact_rows(family):
     tokens = state.tokens.at[:, p:].set(jnp.asarray(gen, jnp.int32))
     full = model.forward_rows(cfg, params, tokens, state.positions, state.key_mask)
     ref = np.asarray(no_cache_logits(cfg, params, state.replace(tokens=tokens)))
-    for sizes in [(9, 7), (22, 20)]:  # the small bucket (all rows get logits), then the large one
+    for sizes in [(9, 7), (22, 20)]:  # the smallest bucket, then the third
         q_idx = np.full((2, t), t, np.int32)
         q_idx[0, :sizes[0]] = np.sort(rng.choice(np.arange(p - 8, t), sizes[0], replace=False))
         q_idx[1, :sizes[1]] = np.sort(rng.choice(np.arange(p - 5, t), sizes[1], replace=False))  # prompt rows too
@@ -140,7 +140,7 @@ def test_partial_step_exact_rows(family):
         assert err <= 1e-5
         for a, b in zip(reference.unstack(fo.cache.kv), reference.unstack(full.kv)):
             assert rel_err(a.k, b.k) <= 1e-5 and rel_err(a.v, b.v) <= 1e-5
-        bucket = min(x for x in (17, 32) if x >= max(sizes))  # the rows that went through the layers
+        bucket = min(x for x in (9, 17, 25, 32) if x >= max(sizes))  # the rows that went through the layers
         assert float(fo.rows) == pytest.approx(bucket / t)
         assert float(fo.selected) == pytest.approx(np.mean((q_idx < t).sum(-1) / t))
         assert int(fo.overflow) == sum(max(len([r for r in q_idx[b] if r < t and 0 <= r - p + shift < G

@@ -55,7 +55,7 @@ from d2cache_jax.cache import select_rules as rules
 from d2cache_jax.cache.base import CacheMethod, ForwardOut, StepInfo, active_rows, empty_kv, gen_rows, rows_to_gen
 
 PARALLEL_DECODERS = ("threshold", "factor", "eb", "dream", "origin")
-N_BUCKETS, BUCKET_GAP = 5, 12  # compiled sizes of the partial step (see `row_buckets`)
+N_FINE, N_COARSE, BUCKET_GAP = 4, 4, 8  # compiled sizes of the partial step (see `row_buckets`)
 
 
 class D2State(NamedTuple):
@@ -100,15 +100,17 @@ def budgets(opts, total_len: int) -> tuple[int, int]:
 def row_buckets(opts, total_len: int) -> tuple[int, ...]:
     """Compiled row counts for the partial step, ascending, the last = Q. Each step runs the smallest
     one holding its selection (`lax.switch`), so the cost follows the rows actually chosen instead of
-    the worst-case Q: from stage 1 + committed + 2 inflate_w + 8 (room for a few stage-2 rows, what
-    trained models with attention sinks choose) up to Q in at most N_BUCKETS steps of a constant
-    ratio (a selection pays at most that ratio over its own size), at least BUCKET_GAP rows apart
-    (each bucket is one more trace of the model to compile)."""
+    the worst-case Q. Selections cluster just above stage 1 + committed (stage 2 and inflation add a
+    few to a few tens of rows; stage 1 shrinks once few masked positions are left), so N_FINE
+    buckets BUCKET_GAP rows apart start at stage 1 + committed; then at most N_COARSE
+    steps of a constant ratio reach Q (each bucket is one more trace of a layer to compile)."""
     q, _ = budgets(opts, total_len)
-    lo = min(q, min(opts.current_k, opts.gen_length) + _commit_budget(opts) + 2 * opts.inflate_w + 8)
-    n = max(min(N_BUCKETS, 1 + (q - lo) // BUCKET_GAP), 1)
-    ratio = (q / lo) ** (1.0 / max(n - 1, 1))
-    sizes = {lo, q} | {min(q, round(lo * ratio**i)) for i in range(1, n - 1)}
+    lo = min(q, min(opts.current_k, opts.gen_length) + _commit_budget(opts))
+    sizes = {min(q, lo + BUCKET_GAP * i) for i in range(N_FINE)}
+    top = max(sizes)
+    n = min(N_COARSE, (q - top) // BUCKET_GAP)
+    ratio = (q / top) ** (1.0 / max(n, 1))
+    sizes |= {min(q, round(top * ratio**i)) for i in range(1, n + 1)} | {q}
     return tuple(sorted(sizes))
 
 
