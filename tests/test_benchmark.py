@@ -52,9 +52,9 @@ def test_benchmark_json_schema(tmp_path):
         assert r["non_matmul_ms_per_step"] == pytest.approx(r["ms_per_step"] - r["matmul_ms_per_step"])
     assert none["recompute_share"] == 1.0 and none["forward_passes"] == 32
     assert none["flop_speedup_ceiling"] == 1.0 and none["matmul_speedup_ceiling"] == pytest.approx(1.0)
-    # One block of 32, one token per step: the head runs the masked rows padded to 4, 8, ..., 32,
-    # each bucket for 4 steps: 4 * (4 + 8 + ... + 32) / 32 steps = 18 rows a step.
-    assert none["head_rows_per_step"] == 18
+    # One block of 32, one token per step: the head runs the masked rows padded to 2, 4, ..., 32,
+    # each bucket for 2 steps: 2 * (2 + 4 + ... + 32) / 32 steps = 17 rows a step.
+    assert none["head_rows_per_step"] == 17
     mm = doc["matmul_times"]
     assert mm["rows"][-1] == 40 and len(mm["layers_ms"]) == len(mm["head_ms"]) == len(mm["rows"])
 
@@ -97,10 +97,9 @@ def _flops(**opts):
     return flops.generation_flops(cfg, make_options(gen_length=G, **opts), P, None, later, head_rows=head)
 
 
-# The head runs on a block's still-masked rows padded to a bucket: for 16 rows the buckets are
-# 2, 4, ..., 16, so one token per step heads 16, 16, 14, 14, ..., 2, 2 rows (144 in all); for 8-row
-# blocks every count 8, 7, ..., 1 is a bucket (36 a block); for 4-row blocks 4, 3, 2, 1 (10 a block).
-HEAD16, HEAD8, HEAD4 = 2 * 2 * sum(range(1, 9)), sum(range(1, 9)), sum(range(1, 5))
+# The head runs on a block's still-masked rows padded to a bucket (16 buckets): for blocks of up to
+# 16 rows every count is a bucket, so one token per step heads 16, 15, ..., 1 rows.
+HEAD16, HEAD8, HEAD4 = sum(range(1, 17)), sum(range(1, 9)), sum(range(1, 5))
 
 
 def test_flops_none_prefix_dual_by_hand():
@@ -142,11 +141,11 @@ def test_flops_dllm_by_hand():
 def test_flops_d2cache_by_hand():
     # Q: k 16 + 1 committed + floor(0.1 * 7) + 2 = 19 rows, inflated 19 + 18 * 3 = 73 -> all 24; H = min(Q, G) = 16.
     # Step 0 full with the head on the 16 gen rows; 15 later steps of the mean bucket through the layers,
-    # the head on at most min(rows, H) of the 15, 14, ..., 1 masked positions, padded to 2, 4, ..., 16.
-    # rows 10.5: heads of min(m, 10) = 10 x 6, then 9..1 -> 10, 8, 8, 6, 6, 4, 4, 2, 2.
-    head = 16 + 60 + 50
+    # the head on at most min(rows, H) of the 15, 14, ..., 1 masked positions (every count a bucket).
+    # rows 10.5: heads of min(m, 10) = 10 x 6, then 9, 8, ..., 1.
+    head = 16 + 60 + 45
     assert _flops(cache="d2cache", later_rows=10.5) == pytest.approx(15 * _step(10.5, 0) + _step(T, 0) + head * HEAD)
-    head = 16 + 2 * 2 * sum(range(1, 8)) + 16  # 16 for step 0, then 16, 14, 14, ..., 2, 2
+    head = 16 + sum(range(1, 16))  # 16 for step 0, then 15, 14, ..., 1
     assert _flops(cache="d2cache", later_rows=20) == pytest.approx(_step(T, 0) + 15 * _step(20, 0) + head * HEAD)
     assert _flops(cache="d2cache") == pytest.approx(_step(T, 0) + 15 * _step(24, 0) + head * HEAD)
 

@@ -33,8 +33,9 @@ def np_softmax(x):
 
 
 def test_head_buckets():
-    assert decodable.head_buckets(32) == (4, 8, 12, 16, 20, 24, 28, 32)
-    assert decodable.head_buckets(20) == (3, 6, 9, 12, 15, 18, 20)
+    assert decodable.head_buckets(128) == tuple(range(8, 129, 8))
+    assert decodable.head_buckets(32) == tuple(range(2, 33, 2))
+    assert decodable.head_buckets(20) == tuple(range(2, 21, 2))
     assert decodable.head_buckets(5) == (1, 2, 3, 4, 5)
 
 
@@ -52,7 +53,7 @@ def test_needed_rows_get_their_argmax_and_confidence(guidance):
     fn = jax.jit(lambda h, n, u: decodable.propose_rows(cfg, opts, p, h, n, jax.random.key(0),
                                                         propose_kw(cfg, opts), u))
     prop, head_rows = fn(jnp.asarray(hidden), jnp.asarray(need), None if uncond is None else jnp.asarray(uncond))
-    assert float(head_rows) == 15  # the smallest of 3, 6, ..., 18, 20 that holds 13 rows
+    assert float(head_rows) == 14  # the smallest of 2, 4, ..., 20 that holds 13 rows
     ref = np_logits(cfg, p, hidden)
     if guidance:
         un = np_logits(cfg, p, uncond)

@@ -17,7 +17,7 @@ from d2cache_jax import model
 from d2cache_jax.config import ModelConfig
 from d2cache_jax.decoding.sampling import Proposal, propose
 
-N_HEAD_BUCKETS = 8
+N_HEAD_BUCKETS = 16  # a head bucket is one matmul and a proposal: cheap to compile, so many
 
 
 def head_buckets(rows: int, n: int = N_HEAD_BUCKETS) -> tuple[int, ...]:
