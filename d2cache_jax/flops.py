@@ -81,11 +81,12 @@ def _masked_before_steps(size: int, n: int) -> list[int]:
     return out
 
 
-def _head_fit(rows: int, masked: int) -> int:
+def _head_fit(cfg: ModelConfig, rows: int, masked: int) -> int:
     """The head rows a step runs: the smallest compiled bucket (of at most `rows`) holding `masked`."""
-    from d2cache_jax.generation.decodable import head_buckets
+    from d2cache_jax.generation.decodable import model_buckets
 
-    return next((b for b in head_buckets(rows) if b >= masked), rows) if masked > 0 else head_buckets(rows)[0]
+    sizes = model_buckets(cfg, rows)
+    return next((b for b in sizes if b >= masked), rows) if masked > 0 else sizes[0]
 
 
 def generation_flops(cfg: ModelConfig, opts: GenOptions, prompt_len: int, steps: int | None = None,
@@ -105,7 +106,7 @@ def generation_flops(cfg: ModelConfig, opts: GenOptions, prompt_len: int, steps:
     t = prompt_len + g
     steps = opts.total_steps if steps is None else steps
     per_block = _block_steps(opts, steps)
-    heads = [_head_fit(opts.block, m) for blk, n in enumerate(per_block) for m in _masked_before_steps(opts.block, n)]
+    heads = [_head_fit(cfg, opts.block, m) for n in per_block for m in _masked_before_steps(opts.block, n)]
     if opts.cache == "none":
         layers = steps * cfg.n_layers * layer_flops(cfg, t, t)
     elif opts.cache in ("prefix", "dual"):
@@ -124,7 +125,7 @@ def generation_flops(cfg: ModelConfig, opts: GenOptions, prompt_len: int, steps:
         rows = q if later_rows is None else later_rows
         layers = cfg.n_layers * (layer_flops(cfg, t, t) + (steps - 1) * layer_flops(cfg, rows, t))
         masked = _masked_before_steps(g, steps)
-        heads = [g] + [_head_fit(min(top, g), min(m, int(min(rows, h)))) for m in masked[1:]]
+        heads = [g] + [_head_fit(cfg, min(top, g), min(m, int(min(rows, h)))) for m in masked[1:]]
     else:
         raise ValueError(f"no FLOP formula for cache {opts.cache!r}")
     head = head_flops(cfg, sum(heads) if head_rows is None else head_rows)

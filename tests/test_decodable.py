@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from d2cache_jax.cache import d2cache
-from d2cache_jax.config import tiny_dream, tiny_llada
+from d2cache_jax.config import llada_8b_base, tiny_dream, tiny_llada
 from d2cache_jax.generation import decodable
 from d2cache_jax.generation.options import make_options
 from d2cache_jax.generation.step import propose_kw
@@ -32,15 +32,31 @@ def np_softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
+@pytest.fixture
+def every_bucket(monkeypatch):
+    """Buckets for the tiny models too (their head is too cheap to get more than one by default);
+    jit caches are cleared so no program compiled under the other setting is reused."""
+    jax.clear_caches()
+    monkeypatch.setattr(decodable, "MIN_BUCKET_FLOPS", 0)
+    yield
+    jax.clear_caches()
+
+
 def test_head_buckets():
     assert decodable.head_buckets(128) == tuple(range(8, 129, 8))
     assert decodable.head_buckets(32) == tuple(range(2, 33, 2))
     assert decodable.head_buckets(20) == tuple(range(2, 21, 2))
     assert decodable.head_buckets(5) == (1, 2, 3, 4, 5)
+    assert decodable.head_buckets(32, min_step=5) == (5, 10, 15, 20, 25, 30, 32)
+    # 1e9 FLOPs apart: LLaDA's head (2 x 4096 x 126464 = 1.04e9 a row) gets every 8th count of 128,
+    # the cpu-vocab head (2.6e8 a row) steps of 4 rows, a 64 x 256 head a single bucket.
+    assert decodable.model_buckets(llada_8b_base(), 128) == tuple(range(8, 129, 8))
+    assert decodable.model_buckets(tiny_llada(126464).replace(d_model=1024), 32) == tuple(range(4, 33, 4))
+    assert decodable.model_buckets(tiny_llada(), 128) == (128,)
 
 
 @pytest.mark.parametrize("guidance", [0.0, 1.5])
-def test_needed_rows_get_their_argmax_and_confidence(guidance):
+def test_needed_rows_get_their_argmax_and_confidence(guidance, every_bucket):
     cfg = tiny_llada()
     p = init_params(cfg, jax.random.key(3))
     opts = make_options(cache="none", gen_length=20, cfg_scale=guidance)
@@ -66,7 +82,7 @@ def test_needed_rows_get_their_argmax_and_confidence(guidance):
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
 @pytest.mark.parametrize("cache, extra", [("none", {}), ("dual", dict(block_length=8)), ("d2cache", {})])
-def test_generation_heads_only_masked_rows(family, cache, extra):
+def test_generation_heads_only_masked_rows(family, cache, extra, every_bucket):
     """Vanilla decoding commits one token per step, so before step s the block holds m_s masked
     positions (known from the commit order) and the step's head runs the smallest bucket >= m_s.
     d2Cache's later steps head only the recomputed rows predicting masked positions: at least one

@@ -5,7 +5,9 @@ still masked can be committed or refresh a cached confidence, so only they go th
 head (at a real vocabulary the costliest matmul of a cached step) and the proposal (softmax and
 arg-max over the vocabulary). Their count changes every step; a `lax.switch` over a few compiled
 row counts (`head_buckets`) keeps shapes static and runs the smallest that holds the batch's
-largest count. Rows keep their order; each row's result is the same whichever bucket ran.
+largest count. Rows keep their order; each row's result is the same whichever bucket ran. A bucket
+costs compile time, so buckets are at least MIN_BUCKET_FLOPS of head work apart: a small vocabulary
+gets one bucket (all rows), LLaDA's 126464 x 4096 head one per row count up to 16.
 """
 
 from __future__ import annotations
@@ -17,13 +19,21 @@ from d2cache_jax import model
 from d2cache_jax.config import ModelConfig
 from d2cache_jax.decoding.sampling import Proposal, propose
 
-N_HEAD_BUCKETS = 16  # a head bucket is one matmul and a proposal: cheap to compile, so many
+N_HEAD_BUCKETS = 16
+MIN_BUCKET_FLOPS = 1e9  # about 5 ms of head on a 2-core CPU; less is not worth a compiled branch
 
 
-def head_buckets(rows: int, n: int = N_HEAD_BUCKETS) -> tuple[int, ...]:
-    """Compiled head row counts for at most `rows` rows: n evenly spaced sizes, the last = rows."""
-    step = -(-rows // n)
-    return tuple(sorted({min(rows, step * i) for i in range(1, n + 1)}))
+def head_buckets(rows: int, min_step: int = 1) -> tuple[int, ...]:
+    """Compiled head row counts for at most `rows` rows: up to N_HEAD_BUCKETS evenly spaced sizes at
+    least `min_step` rows apart, the last = rows."""
+    step = max(-(-rows // N_HEAD_BUCKETS), min_step)
+    return tuple(sorted({min(rows, step * i) for i in range(1, -(-rows // step) + 1)}))
+
+
+def model_buckets(cfg: ModelConfig, rows: int) -> tuple[int, ...]:
+    """The head buckets of this model: sizes at least MIN_BUCKET_FLOPS of head work apart."""
+    per_row = 2 * cfg.d_model * cfg.vocab_size
+    return head_buckets(rows, max(int(-(-MIN_BUCKET_FLOPS // per_row)), 1))
 
 
 def propose_rows(cfg: ModelConfig, opts, params: dict, hidden: jax.Array, need: jax.Array, rng: jax.Array,
@@ -35,7 +45,7 @@ def propose_rows(cfg: ModelConfig, opts, params: dict, hidden: jax.Array, need: 
     sequence (the bucket, padding included), as float32.
     """
     b, r, _ = hidden.shape
-    sizes = head_buckets(min(r, opts.gen_length))  # rows predict distinct gen positions
+    sizes = model_buckets(cfg, min(r, opts.gen_length))  # rows predict distinct gen positions
     order = jnp.argsort(~need, axis=-1, stable=True)  # needed rows first, in row order
     bidx = jnp.arange(b)[:, None]
 
