@@ -7,7 +7,7 @@ arg-max over the vocabulary). Their count changes every step; a `lax.switch` ove
 row counts (`head_buckets`) keeps shapes static and runs the smallest that holds the batch's
 largest count. Rows keep their order; each row's result is the same whichever bucket ran. A bucket
 costs compile time, so buckets are at least MIN_BUCKET_FLOPS of head work apart: a small vocabulary
-gets one bucket (all rows), LLaDA's 126464 x 4096 head one per row count up to 16.
+gets one bucket (all rows), LLaDA's 4096 x 126464 head sixteen (every 8th count of 128 rows).
 """
 
 from __future__ import annotations
