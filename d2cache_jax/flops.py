@@ -37,11 +37,6 @@ def v_proj_flops(cfg: ModelConfig, rows: float) -> float:
     return 2 * rows * cfg.d_model * cfg.n_kv_heads * cfg.head_dim
 
 
-def step_flops(cfg: ModelConfig, seq_len: int, rows: float, head_rows: float, batch: int = 1) -> float:
-    """One step: every layer on `rows` of `seq_len` positions, the output head on `head_rows`."""
-    return batch * (cfg.n_layers * layer_flops(cfg, rows, seq_len) + head_flops(cfg, head_rows))
-
-
 def _block_steps(opts: GenOptions, steps: int) -> list[int]:
     """Steps taken in each block: `steps` spread over the blocks, earlier blocks taking the remainder."""
     nb = opts.num_blocks

@@ -85,14 +85,6 @@ def block_hidden(cfg: ModelConfig, opts, hidden: jax.Array, block: jax.Array) ->
     return rows, gen_idx
 
 
-def logits_of(cfg: ModelConfig, params, out: ForwardOut) -> jax.Array:
-    """Logits [B, R, V] of every row of a forward, guidance aside (for tests and tools; the step heads
-    only the rows it needs)."""
-    from d2cache_jax.model import head
-
-    return head(params, cfg, out.hidden)
-
-
 def rows_to_gen(cfg: ModelConfig, rows: jax.Array, prompt_len: int, gen_length: int) -> jax.Array:
     """Gen position predicted by each sequence row (gen_length where it predicts none)."""
     g = rows - prompt_len + (1 if cfg.shift_logits else 0)

@@ -57,8 +57,9 @@ def _step(cfg: ModelConfig, opts, params, state: GenState, forward) -> GenState:
     rng, k_prop, k_dec = jax.random.split(state.rng, 3)
 
     gen = state.tokens[:, p:]
+    masked = gen == cfg.mask_token_id
     # Only rows predicting a still-masked position of an unfinished sequence get the head.
-    masked_at = jnp.take_along_axis(jnp.pad(gen == cfg.mask_token_id, ((0, 0), (0, 1))), fwd.gen_idx, axis=1)
+    masked_at = jnp.take_along_axis(jnp.pad(masked, ((0, 0), (0, 1))), fwd.gen_idx, axis=1)
     need = masked_at & ~state.done[:, None]
     prop, head_rows = decodable.propose_rows(cfg, opts, params, fwd.hidden, need, k_prop, propose_kw(cfg, opts),
                                              fwd.hidden_uncond)
@@ -75,7 +76,6 @@ def _step(cfg: ModelConfig, opts, params, state: GenState, forward) -> GenState:
         ent = jnp.where(valid, ent, z.entropy[0])
         valid = jnp.ones_like(valid)
 
-    masked = gen == cfg.mask_token_id
     block_mask = jnp.broadcast_to((jnp.arange(g) // bl) == state.block, gen.shape)
     live = block_mask & before_first_stop(cfg, gen) if opts.stop_at_eos else block_mask
     eligible = masked & live & valid & ~state.done[:, None]
