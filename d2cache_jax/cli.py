@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 USAGE_EXIT = 2
+# The tiny trained models ship inside the package (package data): true in a checkout and when installed.
+ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 
 
 class InputError(ValueError):

@@ -34,7 +34,7 @@ from d2cache_jax.decoding.sampling import propose
 from d2cache_jax.generation import generate, make_options
 from d2cache_jax.generation import step as step_lib
 from d2cache_jax.generation.generate import lower, prepare
-from d2cache_jax.generation.options import CACHES, GenOptions
+from d2cache_jax.generation.options import GenOptions
 from d2cache_jax.generation.state import GenState
 from d2cache_jax.generation.step import propose_kw
 from experiments import distributed
@@ -52,6 +52,9 @@ PRESETS = {
     "llada-8b": config_lib.llada_8b_base,
     "dream-7b": config_lib.dream_7b_base,
 }
+# Trained models shipped in `d2cache_jax/assets`, run on their task's held-out prompts, with the
+# task's generation length and block length; each result also reports the task's accuracy.
+TRAINED_PRESETS = {"tiny-trace": ("tiny_trace", "trace"), "tiny-arith": ("tiny_arith", "synthetic")}
 # Each method's settings as the seeds run it (prefix/dual with 32-token blocks; d2Cache defaults).
 METHOD_OPTIONS = {
     "none": dict(cache="none"),
@@ -59,15 +62,19 @@ METHOD_OPTIONS = {
     "dual": dict(cache="dual", block_length=32),
     "dllm": dict(cache="dllm"),
     "d2cache": dict(cache="d2cache"),
+    "d2cache_nocp": dict(cache="d2cache", sigma=0.0),  # the certainty prior off
 }
-DECODER_OPTIONS = {"vanilla": dict(decoder="vanilla"), "threshold": dict(decoder="threshold", threshold=0.9)}
+DECODER_OPTIONS = {"vanilla": dict(decoder="vanilla"), "threshold": dict(decoder="threshold", threshold=0.9),
+                   "factor": dict(decoder="factor", factor=1.0)}
 
-PRESET = flags.DEFINE_enum("preset", "cpu-small", list(PRESETS), "Model shape (random weights).")
+PRESET = flags.DEFINE_enum("preset", "cpu-small", list(PRESETS) + list(TRAINED_PRESETS),
+                           "Model shape (random weights), or a shipped trained model on its task's prompts.")
 CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Use this checkpoint instead of random weights.")
-METHODS = flags.DEFINE_list("methods", list(METHOD_OPTIONS), "Caches to compare.")
+METHODS = flags.DEFINE_list("methods", ["none", "prefix", "dual", "dllm", "d2cache"],
+                            f"Methods to compare, of {', '.join(METHOD_OPTIONS)}.")
 DECODERS = flags.DEFINE_list("decoders", ["vanilla", "threshold"], "Decoders to compare.")
-GEN_LENGTH = flags.DEFINE_integer("gen_length", 256, "Generated tokens.")
-PROMPT_LEN = flags.DEFINE_integer("prompt_len", 128, "Prompt tokens (random ids).")
+GEN_LENGTH = flags.DEFINE_integer("gen_length", None, "Generated tokens (default: 256, or a trained preset's task's).")
+PROMPT_LEN = flags.DEFINE_integer("prompt_len", 128, "Prompt tokens (random ids; a trained preset uses its task's).")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Batch size.")
 REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per configuration.")
 DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Param dtype (default: fp32 on CPU presets).")
@@ -135,7 +142,7 @@ def run_options(method: str, decoder: str, gen_length: int, extra: dict) -> dict
 
 
 def run_one(cfg, p, prompts, method: str, decoder: str, gen_length: int, repeats: int, extra: dict,
-            mesh=None) -> dict:
+            mesh=None, accuracy: Callable[[np.ndarray], float] | None = None) -> dict:
     opts = run_options(method, decoder, gen_length, extra)
     make_options(**opts)  # validate before spending time
     distributed.check_memory(cfg, opts, len(prompts), len(prompts[0]), mesh or {"data": 1, "model": 1})
@@ -158,17 +165,45 @@ def run_one(cfg, p, prompts, method: str, decoder: str, gen_length: int, repeats
                 flops_per_generation=generation_flops(cfg, make_options(**opts), len(prompts[0]), steps,
                                                       runs[0].stats["recompute_share"], len(prompts),
                                                       runs[0].stats["head_rows"]),
+                **({} if accuracy is None else {"accuracy": accuracy(np.asarray(runs[0].tokens))}),
                 options=opts)
 
 
-def benchmark(cfg, p, methods, decoders, gen_length, prompt_len, batch_size, repeats, extra, mesh=None) -> list[dict]:
-    rng = np.random.default_rng(0)
-    hi = min(cfg.vocab_size, cfg.mask_token_id)
-    prompts = [list(rng.integers(0, hi, prompt_len)) for _ in range(batch_size)]
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """A trained preset's held-out prompts, and the task's accuracy of generated ids [B, G]."""
+
+    prompts: list[list[int]]
+    accuracy: Callable[[np.ndarray], float]
+    gen_length: int
+    block_length: int
+
+
+def trained_workload(preset: str, batch_size: int) -> Workload:
+    """The first `batch_size` held-out items of the preset's task."""
+    import importlib
+
+    task = importlib.import_module(f"d2cache_jax.evaluation.tasks.{TRAINED_PRESETS[preset][1]}")
+    items = task.make_items("eval", batch_size)
+    accuracy = lambda ids: float(np.mean([task.check(it, task.decode(row)) for it, row in zip(items, ids)]))
+    return Workload([task.encode_prompt(it) for it in items], accuracy, task.GEN_LENGTH,
+                    task.GENERATION_DEFAULTS["block_length"])
+
+
+def benchmark(cfg, p, methods, decoders, gen_length, prompt_len, batch_size, repeats, extra, mesh=None,
+              workload: Workload | None = None) -> list[dict]:
+    if workload is None:
+        rng = np.random.default_rng(0)
+        hi = min(cfg.vocab_size, cfg.mask_token_id)
+        prompts = [list(rng.integers(0, hi, prompt_len)) for _ in range(batch_size)]
+    else:
+        prompts = workload.prompts
+        extra = {"block_length": workload.block_length, **extra}
     results = []
     for m in methods:
         for d in decoders:
-            r = run_one(cfg, p, prompts, m, d, gen_length, repeats, extra, mesh)
+            r = run_one(cfg, p, prompts, m, d, gen_length, repeats, extra, mesh,
+                        workload.accuracy if workload else None)
             print(json.dumps({k: v for k, v in r.items() if k != "options"}), flush=True)
             results.append(r)
     base = next((r for r in results if r["method"] == "none" and r["decoder"] == "vanilla"), None)
@@ -267,23 +302,34 @@ def generation_flops(cfg: ModelConfig, opts: GenOptions, prompt_len: int, steps:
 
 def model_config(dtype) -> ModelConfig:
     """The preset's (or checkpoint's) config in `dtype`, with --layers applied."""
-    if CHECKPOINT.value:
+    if checkpoint_dir():
         from d2cache_jax import checkpoint
 
-        cfg = checkpoint.read_config(CHECKPOINT.value)
+        cfg = checkpoint.read_config(checkpoint_dir())
     else:
         cfg = PRESETS[PRESET.value]()
     cfg = cfg.replace(param_dtype=dtype)
     return cfg.replace(n_layers=LAYERS.value) if LAYERS.value else cfg
 
 
-def load_model(dtype):
+def checkpoint_dir() -> str | None:
+    """--checkpoint, or the shipped model of a trained preset."""
     if CHECKPOINT.value:
+        return CHECKPOINT.value
+    if PRESET.value in TRAINED_PRESETS:
+        from d2cache_jax.cli import ASSETS_DIR
+
+        return os.path.join(ASSETS_DIR, TRAINED_PRESETS[PRESET.value][0])
+    return None
+
+
+def load_model(dtype):
+    if checkpoint_dir():
         import d2cache_jax
 
         if LAYERS.value:
-            raise app.UsageError("--layers applies to presets (random weights), not to --checkpoint")
-        return d2cache_jax.load(CHECKPOINT.value, dtype=dtype)
+            raise app.UsageError("--layers applies to presets (random weights), not to checkpoints")
+        return d2cache_jax.load(checkpoint_dir(), dtype=dtype)
     cfg = model_config(dtype)
     return cfg, params_lib.init_params(cfg, jax.random.key(0))
 
@@ -294,7 +340,7 @@ def main(argv):
     distributed.enable_compilation_cache()
     for m in METHODS.value:
         if m not in METHOD_OPTIONS:
-            raise app.UsageError(f"unknown method {m!r} in --methods; known: {', '.join(CACHES)}")
+            raise app.UsageError(f"unknown method {m!r} in --methods; known: {', '.join(METHOD_OPTIONS)}")
     for d in DECODERS.value:
         if d not in DECODER_OPTIONS:
             raise app.UsageError(f"unknown decoder {d!r} in --decoders; known: {', '.join(DECODER_OPTIONS)}")
@@ -302,18 +348,25 @@ def main(argv):
         extra = json.loads(EXTRA.value)
     except json.JSONDecodeError as e:
         raise app.UsageError(f"--options is not valid JSON: {e}") from e
-    dtype = DTYPE.value or ("float32" if PRESET.value.startswith("cpu") else "bfloat16")
+    trained = PRESET.value in TRAINED_PRESETS and not CHECKPOINT.value
+    dtype = DTYPE.value or ("float32" if PRESET.value.startswith("cpu") or trained else "bfloat16")
+    workload = trained_workload(PRESET.value, BATCH_SIZE.value) if trained else None
+    gen_length = GEN_LENGTH.value or (workload.gen_length if workload else 256)
+    prompt_len = max(len(q) for q in workload.prompts) if workload else PROMPT_LEN.value
+    if trained and (SWEEP.value or PROFILE.value or COMPILE_ONLY.value):
+        raise app.UsageError(f"--preset={PRESET.value} runs its task's prompts; --sweep, --profile and "
+                             "--compile_only take a random-weight preset")
     if LAYERS.value is not None and LAYERS.value < 1:
         raise app.UsageError(f"--layers must be at least 1, got {LAYERS.value}")
     if COMPILE_ONLY.value:
         cfg = model_config(dtype)
-        doc = dict(preset=None if CHECKPOINT.value else PRESET.value, checkpoint=CHECKPOINT.value,
+        doc = dict(preset=None if CHECKPOINT.value else PRESET.value, checkpoint=checkpoint_dir(),
                    machine=machine(), dtype=dtype, n_layers=cfg.n_layers, params=params_lib.num_params(cfg),
                    scan_layers=distributed.SCAN_LAYERS.value,
-                   prompt_len=PROMPT_LEN.value, compile_only=True, results=[])
+                   prompt_len=prompt_len, compile_only=True, results=[])
         for m in METHODS.value:
             for d in DECODERS.value:
-                r = compile_one(cfg, m, d, GEN_LENGTH.value, PROMPT_LEN.value, BATCH_SIZE.value, extra)
+                r = compile_one(cfg, m, d, gen_length, prompt_len, BATCH_SIZE.value, extra)
                 print(json.dumps({k: v for k, v in r.items() if k not in ("options", "memory")}), flush=True)
                 doc["results"].append(r)
         doc["peak_memory_bytes"] = peak_memory()  # of this process: the weights are never allocated
@@ -329,25 +382,25 @@ def main(argv):
         from d2cache_jax import sharding
 
         p = jax.device_put(p, sharding.param_shardings(cfg, mesh, model.is_scanned(p)))
-    t = PROMPT_LEN.value + GEN_LENGTH.value
-    doc = dict(preset=None if CHECKPOINT.value else PRESET.value, checkpoint=CHECKPOINT.value,
+    t = prompt_len + gen_length
+    doc = dict(preset=None if CHECKPOINT.value else PRESET.value, checkpoint=checkpoint_dir(),
                machine=machine(), dtype=dtype, params=params_lib.num_params(cfg), scan_layers=model.is_scanned(p),
-               prompt_len=PROMPT_LEN.value, mesh=mesh and dict(mesh.shape), **roofline(cfg, jnp.dtype(dtype), rows=t))
+               prompt_len=prompt_len, mesh=mesh and dict(mesh.shape), **roofline(cfg, jnp.dtype(dtype), rows=t))
     if SWEEP.value:
         default = "64,128,256,512" if SWEEP.value == "gen_length" else "1,2,4,8"
         values = [int(v) for v in (SWEEP_VALUES.value or default.split(","))]
         doc["sweep"] = SWEEP.value
         doc["results"] = []
         for v in values:
-            g = v if SWEEP.value == "gen_length" else GEN_LENGTH.value
+            g = v if SWEEP.value == "gen_length" else gen_length
             b = v if SWEEP.value == "batch_size" else BATCH_SIZE.value
-            doc["results"] += benchmark(cfg, p, METHODS.value, DECODERS.value, g, PROMPT_LEN.value, b,
+            doc["results"] += benchmark(cfg, p, METHODS.value, DECODERS.value, g, prompt_len, b,
                                         REPEATS.value, extra, mesh)
         if PLOT.value:
             plot_sweep(doc, PLOT.value)
     else:
-        doc["results"] = benchmark(cfg, p, METHODS.value, DECODERS.value, GEN_LENGTH.value, PROMPT_LEN.value,
-                                   BATCH_SIZE.value, REPEATS.value, extra, mesh)
+        doc["results"] = benchmark(cfg, p, METHODS.value, DECODERS.value, gen_length, prompt_len,
+                                   BATCH_SIZE.value, REPEATS.value, extra, mesh, workload)
         if MATMUL_CEILING.value and mesh is None:
             doc["matmul_times"] = matmul_times(cfg, p, BATCH_SIZE.value, t)
             add_matmul_ceiling(doc["results"], doc["matmul_times"], t)
@@ -358,7 +411,7 @@ def main(argv):
             doc["none_step_flops_per_s"] = f / (none["ms_per_step"] / 1e3)
             doc["none_step_roofline_fraction"] = doc["none_step_flops_per_s"] / doc["roofline_flops"]
         if PROFILE.value:
-            doc["profile"] = profile_all(cfg, p, METHODS.value, GEN_LENGTH.value, PROMPT_LEN.value,
+            doc["profile"] = profile_all(cfg, p, METHODS.value, gen_length, prompt_len,
                                          BATCH_SIZE.value, PROFILE_REPEATS.value, extra)
     text = json.dumps(doc, indent=1)
     print(text)

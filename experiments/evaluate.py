@@ -32,7 +32,8 @@ FEWSHOT_DATA = flags.DEFINE_string("fewshot_data", None, "File or folder with th
                                                          "examples come from (gsm8k: train).")
 NUM_FEWSHOT = flags.DEFINE_integer("num_fewshot", None, "Few-shot examples (default: the task's).")
 FEWSHOT_SEED = flags.DEFINE_integer("fewshot_seed", 42, "Seed of random few-shot draws (upstream: its seed, 42).")
-CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Converted or Hugging Face checkpoint directory.")
+CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Converted or Hugging Face checkpoint directory (default: "
+                                 "the model shipped for the task, for the synthetic tasks).")
 MODEL_KIND = flags.DEFINE_enum("model_kind", "auto", ["auto", "base", "instruct"],
                                "Instruct models get the chat template; auto: instruct if the checkpoint "
                                "folder's name says so.")
@@ -62,6 +63,8 @@ def validate_flags() -> tuple[Task, tuple[int, int]]:
         raise app.UsageError(str(e)) from e
     if not OUTPUT_DIR.value:
         raise app.UsageError("--output_dir is required")
+    if CHECKPOINT.value is None and task.default_checkpoint:
+        CHECKPOINT.value = os.path.join(cli.ASSETS_DIR, task.default_checkpoint)
     if not CHECKPOINT.value or not os.path.isdir(CHECKPOINT.value):
         raise app.UsageError(f"--checkpoint must be a checkpoint directory, got {CHECKPOINT.value!r}")
     if DATA.value is None and task.needs_data:
@@ -140,7 +143,7 @@ def main(argv):
     config = checkpoint.read_config(CHECKPOINT.value)
     task_defaults = defaults_lib.generation_defaults(
         task.name, task.gen_length, config.family, instruct, flags_common.CACHE.value,
-        flags_common.GEN_LENGTH.value)
+        flags_common.GEN_LENGTH.value, task.block_length)
     generation = flags_common.checked_options(task_defaults, f"the defaults of task {task.name}")
     options = {k: v for k, v in generation.items() if k != "loop"}
     data = os.path.abspath(DATA.value) if DATA.value else None

@@ -16,8 +16,7 @@ from d2cache_jax.cli import InputError
 from d2cache_jax.config import read_json
 from experiments import distributed, flags_common
 
-# The tiny model ships inside the package (package data), so this holds in a checkout and when installed.
-DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(cli.__file__)), "assets", "tiny_arith")
+DEFAULT_CHECKPOINT = os.path.join(cli.ASSETS_DIR, "tiny_arith")
 DEFAULT_PROMPT = "111111011101+101111110110="  # a held-out item of the tiny model's binary-addition task
 
 CHECKPOINT = flags.DEFINE_string("checkpoint", DEFAULT_CHECKPOINT,

@@ -1,6 +1,10 @@
-"""Train the tiny LLaDA-architecture model on the synthetic addition task (masked-diffusion SFT).
+"""Train a tiny LLaDA-architecture model on a synthetic task (masked-diffusion SFT).
 
     python -m experiments.train_tiny --workdir=/tmp/tiny_arith --export_dir=d2cache_jax/assets/tiny_arith
+    python -m experiments.train_tiny --task=trace --workdir=/tmp/tiny_trace ...   # see docs/tiny_model.md
+
+`--task` names a module of `d2cache_jax.evaluation.tasks` with the training interface (`synthetic`:
+binary addition, 32-token answers; `trace`: long multi-block answers).
 
 Objective (LLaDA SFT): per sequence t ~ U(eps, 1); each answer token (EOS padding included) is
 replaced by the mask token with probability t; loss = sum over masked positions of CE / t, divided by
@@ -25,12 +29,16 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from tqdm import tqdm
 
+from d2cache_jax import files
 from d2cache_jax.config import ModelConfig, tiny_llada
-from d2cache_jax.evaluation.tasks import synthetic as task
+from d2cache_jax.evaluation.tasks import synthetic, trace
 from d2cache_jax.model import forward_rows, head, positions_from_mask
 from d2cache_jax.params import init_params, num_params
 
+TASKS = {"synthetic": synthetic, "trace": trace}
+
 FLAGS = flags.FLAGS
+flags.DEFINE_enum("task", "synthetic", sorted(TASKS), "Training task (a module of d2cache_jax.evaluation.tasks).")
 flags.DEFINE_string("workdir", "/tmp/tiny_arith", "Run directory (orbax checkpoints, metrics).")
 flags.DEFINE_string("export_dir", "", "If set, write the final model here in the LLaDA HF layout.")
 flags.DEFINE_string("export_dtype", "bfloat16", "dtype of the exported safetensors.")
@@ -50,28 +58,47 @@ flags.DEFINE_integer("ckpt_every", 100, "Save an orbax checkpoint every this man
 flags.DEFINE_integer("eval_every", 200, "Greedy-decode eval every this many steps (0: never during training).")
 flags.DEFINE_integer("eval_n", 64, "Held-out items per eval.")
 
-TOTAL_LEN = task.MAX_PROMPT_LEN + task.GEN_LENGTH
+
+def task_module(task):
+    """The task module for a name in `TASKS` (a module passes through)."""
+    if not isinstance(task, str):
+        return task
+    if task not in TASKS:
+        raise ValueError(f"unknown training task {task!r}; known: {', '.join(sorted(TASKS))}")
+    return TASKS[task]
 
 
-def model_config(d_model: int = 128, n_layers: int = 4, n_heads: int = 4, mlp_hidden: int = 512) -> ModelConfig:
-    """The tiny LLaDA config for the task's vocabulary (fp32 for training)."""
+def total_len(task) -> int:
+    """Training sequence length: the longest prompt (with BOS) plus the generation canvas."""
+    task = task_module(task)
+    return task.MAX_PROMPT_LEN + task.GEN_LENGTH
+
+
+def model_config(d_model: int = 128, n_layers: int = 4, n_heads: int = 4, mlp_hidden: int = 512,
+                 task="synthetic") -> ModelConfig:
+    """The tiny LLaDA config for the task's vocabulary and length (fp32 for training)."""
+    task = task_module(task)
+    max_seq_len = max(128, 1 << (total_len(task) - 1).bit_length())
     return tiny_llada(vocab_size=task.VOCAB_SIZE, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                       n_kv_heads=n_heads, head_dim=d_model // n_heads, mlp_hidden=mlp_hidden,
-                      max_seq_len=128, mask_token_id=task.MASK_ID, eos_token_id=task.EOS_ID,
+                      max_seq_len=max_seq_len, mask_token_id=task.MASK_ID, eos_token_id=task.EOS_ID,
                       pad_token_id=task.PAD_ID, bos_token_id=task.BOS_ID, param_dtype="float32")
 
 
 # --- data -------------------------------------------------------------------------------------
 
-def train_batch(seed: int, step: int, batch_size: int, max_trunc: int = 0) -> dict[str, np.ndarray]:
+def train_batch(seed: int, step: int, batch_size: int, max_trunc: int = 0,
+                task="synthetic") -> dict[str, np.ndarray]:
     """Batch `step` of stream `seed`: tokens [B,T], prompt_len [B], valid_len [B] (a pure function)."""
+    task = task_module(task)
+    length = total_len(task)
     start = task.item_seeds("train", 1, seed)[0] + step * batch_size
-    rows, plens = zip(*(task.training_sequence(task.item_from_seed(start + j, "train"), TOTAL_LEN)
+    rows, plens = zip(*(task.training_sequence(task.item_from_seed(start + j, "train"), length)
                         for j in range(batch_size)))
     rng = np.random.default_rng([seed, step, 7])
     trunc = rng.integers(0, max_trunc + 1, size=batch_size) if max_trunc else np.zeros(batch_size, int)
     return dict(tokens=np.stack(rows), prompt_len=np.array(plens, np.int32),
-                valid_len=(TOTAL_LEN - trunc).astype(np.int32))
+                valid_len=(length - trunc).astype(np.int32))
 
 
 # --- objective and step ----------------------------------------------------------------------
@@ -148,7 +175,7 @@ def _greedy_jit(cfg: ModelConfig, params, canvas: jax.Array, n_steps: int, key_m
     return jax.lax.fori_loop(0, n_steps, body, canvas)
 
 
-def greedy_generate(cfg: ModelConfig, params, prompts: list[list[int]], gen_length: int = task.GEN_LENGTH,
+def greedy_generate(cfg: ModelConfig, params, prompts: list[list[int]], gen_length: int = synthetic.GEN_LENGTH,
                     batch_size: int = 64) -> np.ndarray:
     """Low-confidence remasking, one token per step (gen_length forward passes), no cache.
 
@@ -172,10 +199,11 @@ def greedy_generate(cfg: ModelConfig, params, prompts: list[list[int]], gen_leng
     return np.concatenate(out)
 
 
-def evaluate(cfg: ModelConfig, params, n: int, seed: int = 0) -> dict[str, float]:
+def evaluate(cfg: ModelConfig, params, n: int, seed: int = 0, task="synthetic") -> dict[str, float]:
     """Greedy accuracy on n held-out items (final answer correct, and whole worked answer exact)."""
+    task = task_module(task)
     items = task.make_items("eval", n, seed)
-    gen = greedy_generate(cfg, params, [task.encode_prompt(it) for it in items])
+    gen = greedy_generate(cfg, params, [task.encode_prompt(it) for it in items], task.GEN_LENGTH)
     texts = [task.decode(g) for g in gen]
     return dict(acc=float(np.mean([task.check(it, t) for it, t in zip(items, texts)])),
                 exact=float(np.mean([task.check_exact(it, t) for it, t in zip(items, texts)])))
@@ -183,12 +211,14 @@ def evaluate(cfg: ModelConfig, params, n: int, seed: int = 0) -> dict[str, float
 
 # --- checkpoint export ------------------------------------------------------------------------
 
-def export(cfg: ModelConfig, params, out_dir: str, dtype: str) -> None:
+def export(cfg: ModelConfig, params, out_dir: str, dtype: str, task="synthetic") -> None:
     """Write params in the published LLaDA layout (+ config.json) and the tokenizer files."""
     from d2cache_jax.hf.layout import export_hf
 
+    task = task_module(task)
     export_hf(cfg, params, out_dir, "llada", num_shards=1, dtype=dtype)
     task.save_tokenizer(out_dir)
+    files.write_json_atomic(os.path.join(out_dir, "d2cache_generation.json"), task.GENERATION_DEFAULTS)
 
 
 # --- training loop ---------------------------------------------------------------------------
@@ -196,12 +226,12 @@ def export(cfg: ModelConfig, params, out_dir: str, dtype: str) -> None:
 def train(workdir: str, steps: int, *, seed: int = 0, batch_size: int = 32, lr: float = 3e-3,
           warmup: int = 50, weight_decay: float = 0.05, eps: float = 1e-3, max_trunc: int = 4,
           model: dict | None = None, ckpt_every: int = 100, eval_every: int = 0, eval_n: int = 64,
-          stop_after: int | None = None, progress: bool = True) -> tuple[ModelConfig, dict]:
+          stop_after: int | None = None, progress: bool = True, task="synthetic") -> tuple[ModelConfig, dict]:
     """Train (or resume from `workdir`'s last checkpoint) up to `steps`; returns (config, params).
 
     `stop_after` ends the loop early at that step, as an interruption would (for tests).
     """
-    cfg = model_config(**(model or {}))
+    cfg = model_config(**(model or {}), task=task)
     logging.info("model: %s, %.2fM params", cfg, num_params(cfg) / 1e6)
     opt = make_optimizer(lr, warmup, steps, weight_decay)
     params = init_params(cfg, jax.random.key(seed), randomize_norms=False)
@@ -222,7 +252,7 @@ def train(workdir: str, steps: int, *, seed: int = 0, batch_size: int = 32, lr: 
     t0 = time.time()
     bar = tqdm(range(start, end), initial=start, total=steps, desc="train", disable=not progress)
     for step in bar:
-        batch = jax.tree.map(jnp.asarray, train_batch(seed, step, batch_size, max_trunc))
+        batch = jax.tree.map(jnp.asarray, train_batch(seed, step, batch_size, max_trunc, task))
         state, m = train_step(cfg, opt, eps, state, batch, jax.random.fold_in(noise_key, step))
         done = step + 1
         if done % 10 == 0 or done == end:
@@ -230,7 +260,7 @@ def train(workdir: str, steps: int, *, seed: int = 0, batch_size: int = 32, lr: 
             bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['acc']:.3f}")
             rec = dict(step=done, elapsed_s=round(time.time() - t0, 1), **m)
             if eval_every and done % eval_every == 0:
-                rec.update({f"eval_{k}": v for k, v in evaluate(cfg, state["params"], eval_n).items()})
+                rec.update({f"eval_{k}": v for k, v in evaluate(cfg, state["params"], eval_n, task=task).items()})
                 bar.write(json.dumps(rec))
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
@@ -250,12 +280,12 @@ def main(argv):
     cfg, params = train(FLAGS.workdir, FLAGS.steps, seed=FLAGS.seed, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
                         warmup=FLAGS.warmup, weight_decay=FLAGS.weight_decay, eps=FLAGS.eps,
                         max_trunc=FLAGS.max_trunc, model=model, ckpt_every=FLAGS.ckpt_every,
-                        eval_every=FLAGS.eval_every, eval_n=FLAGS.eval_n)
-    res = evaluate(cfg, params, FLAGS.eval_n)
+                        eval_every=FLAGS.eval_every, eval_n=FLAGS.eval_n, task=FLAGS.task)
+    res = evaluate(cfg, params, FLAGS.eval_n, task=FLAGS.task)
     print(json.dumps(dict(step=FLAGS.steps, final_eval=res, eval_n=FLAGS.eval_n,
                           wall_s_this_invocation=round(time.time() - t0, 1))))
     if FLAGS.export_dir:
-        export(cfg, params, FLAGS.export_dir, FLAGS.export_dtype)
+        export(cfg, params, FLAGS.export_dir, FLAGS.export_dtype, FLAGS.task)
         logging.info("exported to %s", FLAGS.export_dir)
 
 

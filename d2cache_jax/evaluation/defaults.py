@@ -29,11 +29,14 @@ def model_key(family: str, instruct: bool) -> str:
 
 
 def generation_defaults(task: str, task_gen_length: int, family: str, instruct: bool, cache: str,
-                        gen_length: int | None = None) -> dict[str, Any]:
-    """Default generation options for one evaluation; `gen_length` is the user's value if given."""
+                        gen_length: int | None = None, task_block_length: int | None = None) -> dict[str, Any]:
+    """Default generation options for one evaluation; `gen_length` is the user's value if given, and a
+    task's own block length (the synthetic long-answer task's) holds for every cache."""
     gen = gen_length or task_gen_length
     block = INSTRUCT_BLOCK_LENGTH if instruct else gen
-    if cache == "d2cache":
+    if task_block_length:
+        block = task_block_length
+    elif cache == "d2cache":
         block = gen
     elif cache in ("prefix", "dual"):
         block = PREFIX_BLOCK_LENGTH

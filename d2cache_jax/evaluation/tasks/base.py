@@ -41,6 +41,8 @@ class Task:
     needs_data: bool = True  # False: `make_docs` generates the items (no --data)
     data_hint: str = ""  # how to do without --data, for the error message
     runs_code: bool = False  # scoring runs generated code (needs the sandbox)
+    default_checkpoint: str | None = None  # a model in `d2cache_jax/assets` evaluated when no checkpoint is given
+    block_length: int | None = None  # the task's block length for every cache (None: the model's and cache's)
 
     def doc_to_text(self, doc: dict[str, Any]) -> str:
         raise NotImplementedError

@@ -18,7 +18,7 @@ Splits are disjoint twice over: item seeds come from disjoint ranges (train [0, 
 `_problem_bucket(a, b) == 0` (1 in 16), train problems never do. So no eval problem can appear
 in training, whatever the seeds.
 
-The tokenizer is character level (``0 1 + = ;``) with LLaDA-style specials; `save_tokenizer`
+The tokenizer is character level (``0 1 + = ;``) with LLaDA-style specials (`chartok`); `save_tokenizer`
 writes it in the Hugging Face format that `transformers.AutoTokenizer.from_pretrained` reads.
 
 This module is the task's one home: the generator and checker that `experiments.train_tiny` trains on,
@@ -27,25 +27,21 @@ and `TASK`, the evaluation task (`--task=synthetic`) that scores with the same c
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from d2cache_jax.evaluation.tasks.base import Score, ScoreOptions, Task
+from d2cache_jax.evaluation.tasks.chartok import EOS, CharVocab
 
 # --- vocabulary -------------------------------------------------------------------------------
 
-EOS, BOS, MASK, UNK = "<|endoftext|>", "<|startoftext|>", "<|mdm_mask|>", "<|unk|>"
-SPECIALS = (EOS, BOS, MASK, UNK)
-CHARS = tuple("01+=;")
-VOCAB: dict[str, int] = {t: i for i, t in enumerate(SPECIALS + CHARS)}
-EOS_ID, BOS_ID, MASK_ID, UNK_ID = (VOCAB[t] for t in SPECIALS)
-PAD_ID = EOS_ID  # LLaDA pads with EOS
-VOCAB_SIZE = len(VOCAB)
-_ID_TO_CHAR = {i: t for t, i in VOCAB.items()}
+_VOCAB = CharVocab("01+=;")
+VOCAB: dict[str, int] = _VOCAB.vocab
+EOS_ID, BOS_ID, MASK_ID, UNK_ID, PAD_ID = _VOCAB.eos_id, _VOCAB.bos_id, _VOCAB.mask_id, _VOCAB.unk_id, _VOCAB.pad_id
+VOCAB_SIZE = _VOCAB.size
+encode, decode = _VOCAB.encode, _VOCAB.decode
 
 # --- task constants and default generation settings -------------------------------------------
 
@@ -142,23 +138,6 @@ def check_exact(item: Item, output_text: str) -> bool:
     return output_text.replace(EOS, "").strip() == item.answer
 
 
-# --- tokenization (pure Python; the HF files below encode identically) ------------------------
-
-def encode(text: str) -> list[int]:
-    """Character-level ids of plain text (no specials)."""
-    return [VOCAB.get(c, UNK_ID) for c in text]
-
-
-def decode(ids) -> str:
-    """Text of ids, cut at the first EOS; the mask token shows as '_' so partial canvases read well."""
-    out = []
-    for i in np.asarray(ids).tolist():
-        if i == EOS_ID:
-            break
-        out.append("_" if i == MASK_ID else _ID_TO_CHAR.get(i, "?") if i >= len(SPECIALS) else "")
-    return "".join(out)
-
-
 def encode_prompt(item: Item) -> list[int]:
     """BOS + prompt ids: what the model is conditioned on."""
     return [BOS_ID] + encode(prompt_of(item))
@@ -173,30 +152,9 @@ def training_sequence(item: Item, total_len: int) -> tuple[np.ndarray, int]:
     return np.array(p + a + [EOS_ID] * (total_len - len(p) - len(a)), np.int32), len(p)
 
 
-# --- Hugging Face tokenizer files -------------------------------------------------------------
-
-def build_tokenizer():
-    """A `tokenizers.Tokenizer`: one token per character, specials as added tokens."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    tok = Tokenizer(models.WordLevel(vocab=dict(VOCAB), unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.add_special_tokens(list(SPECIALS))
-    return tok
-
-
 def save_tokenizer(out_dir: str) -> None:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into out_dir."""
-    os.makedirs(out_dir, exist_ok=True)
-    build_tokenizer().save(os.path.join(out_dir, "tokenizer.json"))
-    specials = dict(bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=UNK, mask_token=MASK)
-    tok_cfg = dict(specials, tokenizer_class="PreTrainedTokenizerFast", model_max_length=512,
-                   clean_up_tokenization_spaces=False, add_bos_token=False, add_eos_token=False)
-    for name, obj in (("tokenizer_config.json", tok_cfg), ("special_tokens_map.json", specials)):
-        with open(os.path.join(out_dir, name), "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+    _VOCAB.save_tokenizer(out_dir)
 
 
 # --- the evaluation task (`--task=synthetic`): the held-out split, generated from seeds (no --data) ------
@@ -210,6 +168,7 @@ class Synthetic(Task):
     split = "eval"
     gen_length = GEN_LENGTH
     needs_data = False
+    default_checkpoint = "tiny_arith"
 
     def doc_to_text(self, doc: dict[str, Any]) -> str:
         return doc["prompt"]

@@ -1,0 +1,213 @@
+"""Synthetic task with long, multi-block answers written left to right: the `tiny_trace` model's task.
+
+A mixture of three kinds of item, each a short prompt and a worked answer of 132-204 tokens (over
+several 32-token blocks of a 256-token canvas), every token checkable and depending on the prompt:
+
+- ``edit`` (copy with edits): prompt ``E`` x ``>`` y ``:`` and 32 lowercase letters. Answer: four
+  lines, each ended by ``;``: the word with every x replaced by y; that line in upper case; the
+  edited word with each letter shifted one on (a->b, z->a); that line in upper case (132 tokens).
+- ``walk`` (pointer chasing): prompt ``W``, 12 pairs ``kv`` of a map f that takes 12 upper-case
+  letters round one cycle (pairs in random order), ``:`` and a start letter. Answer: the walk
+  f(start), f(f(start)), ..., 192 letters as 12 lines of 16, each ended by ``;`` (204 tokens).
+- ``sums`` (running sums): prompt ``S:`` and 40 digits. Answer: four lines of 40 digits, each ended
+  by ``;``: the running sums mod 10 of the digits, then the running sums of the line above (164).
+
+Every line is computed left to right, from the prompt and the line above, so a cache that serves
+stale keys or values can break it. Splits are disjoint twice over: item seeds come from disjoint
+ranges (train [0, 2**40), eval [2**40, 2**41)), and problems are split by a hash of the prompt
+(eval: bucket 0 of 16, rejection-sampled; train never).
+"""
+
+from __future__ import annotations
+
+import string
+import zlib
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from d2cache_jax.evaluation.tasks.base import Score, ScoreOptions, Task
+from d2cache_jax.evaluation.tasks.chartok import EOS, CharVocab
+
+VOCAB_CHARS = string.digits + string.ascii_lowercase + string.ascii_uppercase + ";:>"
+_VOCAB = CharVocab(VOCAB_CHARS)
+VOCAB = _VOCAB.vocab
+VOCAB_SIZE = _VOCAB.size
+EOS_ID, BOS_ID, MASK_ID, UNK_ID, PAD_ID = _VOCAB.eos_id, _VOCAB.bos_id, _VOCAB.mask_id, _VOCAB.unk_id, _VOCAB.pad_id
+encode, decode = _VOCAB.encode, _VOCAB.decode
+
+KINDS = ("edit", "walk", "sums")
+EDIT_LEN, WALK_KEYS, WALK_LINE, WALK_LINES, SUMS_LEN, SUMS_LINES = 32, 12, 16, 12, 40, 4
+MAX_PROMPT_LEN = 1 + 2 + SUMS_LEN  # BOS + the longest prompt ("S:" + 40 digits)
+MAX_ANSWER_LEN = WALK_LINES * (WALK_LINE + 1)
+GEN_LENGTH = 256
+BLOCK_LENGTH = 32
+GENERATION_DEFAULTS: dict[str, Any] = dict(gen_length=GEN_LENGTH, steps=GEN_LENGTH, block_length=BLOCK_LENGTH)
+
+TRAIN_SEED_RANGE = (0, 2**40)
+EVAL_SEED_RANGE = (2**40, 2**41)
+_EVAL_BUCKETS = 16
+SPLITS = ("train", "eval")
+
+
+class Item(NamedTuple):
+    """One problem: its kind, the prompt text and the full reference answer text."""
+
+    seed: int
+    kind: str
+    prompt: str
+    answer: str
+
+
+def _problem_bucket(prompt: str) -> int:
+    """A fixed hash of the problem (not of the seed) that assigns it to train or eval."""
+    return zlib.crc32(prompt.encode()) % _EVAL_BUCKETS
+
+
+def _shift(c: str) -> str:
+    return chr((ord(c) - ord("a") + 1) % 26 + ord("a"))
+
+
+def edit_answer(x: str, y: str, word: str) -> str:
+    """The four lines of an edit item: edited, upper, shifted, shifted upper."""
+    edited = word.replace(x, y)
+    shifted = "".join(_shift(c) for c in edited)
+    return "".join(line + ";" for line in (edited, edited.upper(), shifted, shifted.upper()))
+
+
+def walk_answer(table: dict[str, str], start: str) -> str:
+    """The walk start -> f(start) -> ..., WALK_LINES lines of WALK_LINE letters."""
+    out, x = [], start
+    for _ in range(WALK_LINES * WALK_LINE):
+        x = table[x]
+        out.append(x)
+    return "".join("".join(out[i:i + WALK_LINE]) + ";" for i in range(0, len(out), WALK_LINE))
+
+
+def sums_answer(digits: str) -> str:
+    """SUMS_LINES lines, each the running sums mod 10 of the line above (the first: of the digits)."""
+    lines, row = [], [int(c) for c in digits]
+    for _ in range(SUMS_LINES):
+        row = list(np.cumsum(row) % 10)
+        lines.append("".join(str(int(v)) for v in row) + ";")
+    return "".join(lines)
+
+
+def _draw(rng: np.random.Generator) -> tuple[str, str, str]:
+    """(kind, prompt, answer) of one random problem."""
+    kind = KINDS[int(rng.integers(len(KINDS)))]
+    if kind == "edit":
+        x, y = rng.choice(list(string.ascii_lowercase), size=2, replace=False)
+        word = list(rng.choice(list(string.ascii_lowercase), size=EDIT_LEN))
+        for i in rng.choice(EDIT_LEN, size=int(rng.integers(2, 5)), replace=False):
+            word[i] = x
+        word = "".join(word)
+        return kind, f"E{x}>{y}:{word}", edit_answer(x, y, word)
+    if kind == "walk":
+        keys = list(rng.choice(list(string.ascii_uppercase), size=WALK_KEYS, replace=False))
+        table = {k: keys[(i + 1) % WALK_KEYS] for i, k in enumerate(keys)}  # one cycle through every key
+        order = rng.permutation(WALK_KEYS)
+        start = keys[int(rng.integers(WALK_KEYS))]
+        pairs = "".join(keys[i] + table[keys[i]] for i in order)
+        return kind, f"W{pairs}:{start}", walk_answer(table, start)
+    digits = "".join(str(int(d)) for d in rng.integers(0, 10, size=SUMS_LEN))
+    return kind, f"S:{digits}", sums_answer(digits)
+
+
+def item_from_seed(seed: int, split: str) -> Item:
+    """The item of `split` that seed `seed` generates (rejection-sampled into the split's bucket)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    lo, hi = TRAIN_SEED_RANGE if split == "train" else EVAL_SEED_RANGE
+    if not lo <= seed < hi:
+        raise ValueError(f"seed {seed} is outside the {split} seed range [{lo}, {hi})")
+    rng = np.random.default_rng(seed)
+    while True:
+        kind, prompt, answer = _draw(rng)
+        if (_problem_bucket(prompt) == 0) == (split == "eval"):
+            return Item(seed, kind, prompt, answer)
+
+
+def item_seeds(split: str, n: int, seed: int = 0) -> list[int]:
+    """The n item seeds of a stream: stream `seed` owns a run of 2**24 consecutive item seeds."""
+    lo, hi = TRAIN_SEED_RANGE if split == "train" else EVAL_SEED_RANGE
+    start = lo + seed * 2**24
+    if n > 2**24 or start + n > hi:
+        raise ValueError(f"stream seed {seed} with n={n} leaves the {split} seed range")
+    return list(range(start, start + n))
+
+
+def make_items(split: str, n: int, seed: int = 0) -> list[Item]:
+    """n items of `split` ("train" or "eval"), deterministic in (split, n, seed)."""
+    return [item_from_seed(s, split) for s in item_seeds(split, n, seed)]
+
+
+def prompt_of(item: Item) -> str:
+    """The prompt text (callers prepend BOS, see `encode_prompt`)."""
+    return item.prompt
+
+
+def _answer_text(output_text: str) -> str:
+    """The answer a generation states: its text up to the first EOS."""
+    return output_text.split(EOS, 1)[0].strip()
+
+
+def check(item: Item, output_text: str) -> bool:
+    """True when the whole worked answer matches the reference (every token is checked)."""
+    return _answer_text(output_text) == item.answer
+
+
+check_exact = check
+
+
+def token_accuracy(item: Item, output_text: str) -> float:
+    """Fraction of reference answer characters reproduced at their position."""
+    out = _answer_text(output_text)
+    return sum(a == b for a, b in zip(out, item.answer)) / len(item.answer)
+
+
+def encode_prompt(item: Item) -> list[int]:
+    """BOS + prompt ids: what the model is conditioned on."""
+    return [BOS_ID] + encode(prompt_of(item))
+
+
+def training_sequence(item: Item, total_len: int) -> tuple[np.ndarray, int]:
+    """BOS + prompt + answer, EOS-filled to total_len; also returns the prompt length (incl. BOS)."""
+    p, a = encode_prompt(item), encode(item.answer)
+    if len(p) + len(a) + 1 > total_len:
+        raise ValueError(f"item needs {len(p) + len(a) + 1} tokens, total_len is {total_len}")
+    return np.array(p + a + [EOS_ID] * (total_len - len(p) - len(a)), np.int32), len(p)
+
+
+def save_tokenizer(out_dir: str) -> None:
+    """Write the Hugging Face tokenizer files into out_dir."""
+    _VOCAB.save_tokenizer(out_dir)
+
+
+class Trace(Task):
+    """The held-out split, scored by exact match of the whole answer (plus token accuracy and kind)."""
+
+    name = "trace"
+    fields = ("kind", "prompt", "answer")
+    split = "eval"
+    gen_length = GEN_LENGTH
+    block_length = BLOCK_LENGTH
+    needs_data = False
+    default_checkpoint = "tiny_trace"
+
+    def doc_to_text(self, doc: dict[str, Any]) -> str:
+        return doc["prompt"]
+
+    def doc_to_target(self, doc: dict[str, Any]) -> str:
+        return doc["answer"]
+
+    def score(self, doc: dict[str, Any], output: str, options: ScoreOptions) -> Score:
+        item = Item(**{k: doc[k] for k in Item._fields})
+        return Score(correct=check(item, output), extracted=_answer_text(output),
+                     details={"kind": item.kind, "token_acc": token_accuracy(item, output)})
+
+    def make_docs(self, count: int | None, seed: int) -> list[dict[str, Any]]:
+        return [it._asdict() for it in make_items("eval", count or 200, seed)]
+
+
+TASK = Trace()
