@@ -89,7 +89,8 @@ def table_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "task": config.get("task"), "method": config.get("method") or os.path.basename(run["path"]),
             "accuracy": run.get("accuracy"), "throughput_tok_s": tput,
             "speedup": tput / base if (tput and base) else None, "tokens_per_step": run.get("tokens_per_step"),
-            "latency_s": run.get("latency_s"), "num_samples": run.get("num_samples"), "path": run["path"]})
+            "forward_passes": run.get("forward_passes"), "latency_s": run.get("latency_s"),
+            "num_samples": run.get("num_samples"), "path": run["path"]})
     return rows
 
 
@@ -99,13 +100,13 @@ def _fmt(value: Any, spec: str) -> str:
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a Markdown table."""
-    lines = ["| task | method | accuracy | tok/s | speedup | tok/step | latency (s) | n |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | method | accuracy | tok/s | speedup | tok/step | forward passes | latency (s) | n |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         accuracy = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}"
         lines.append(f"| {r['task']} | {r['method']} | {accuracy} | {_fmt(r['throughput_tok_s'], '.1f')} | "
                      f"{_fmt(r['speedup'], '.2f')}x | {_fmt(r['tokens_per_step'], '.2f')} | "
-                     f"{_fmt(r['latency_s'], '.2f')} | {r['num_samples']} |")
+                     f"{_fmt(r['forward_passes'], '.1f')} | {_fmt(r['latency_s'], '.2f')} | {r['num_samples']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,65 @@
+"""The shipped long-answer model (`d2cache_jax/assets/tiny_trace`): its files, and its held-out accuracy
+checked by the task's own checker (every answer token), with no cache and with the fast methods."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import d2cache_jax
+from d2cache_jax.cli import ASSETS_DIR
+from d2cache_jax.config import read_hf_config
+from d2cache_jax.evaluation.tasks import trace as task
+
+ASSET = os.path.join(ASSETS_DIR, "tiny_trace")
+ACC_FLOOR = 0.8  # the documented held-out accuracy is far above this; a broken model or cache scores ~0
+
+
+def _held_out(per_kind: int):
+    """The first `per_kind` held-out items of each kind."""
+    items = task.make_items("eval", 60)
+    return [it for k in task.KINDS for it in [i for i in items if i.kind == k][:per_kind]]
+
+
+def _accuracy(items, **options) -> float:
+    cfg, params = d2cache_jax.load(ASSET)
+    res = d2cache_jax.generate(cfg, params, [task.encode_prompt(it) for it in items], **options)
+    return float(np.mean([task.check(it, task.decode(t)) for it, t in zip(items, res.tokens)]))
+
+
+def test_shipped_asset_is_consistent():
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    cfg = read_hf_config(ASSET)
+    tok = AutoTokenizer.from_pretrained(ASSET)
+    assert cfg.family == "llada" and cfg.vocab_size == len(tok) == task.VOCAB_SIZE >= 64
+    assert (cfg.mask_token_id, cfg.eos_token_id, cfg.pad_token_id, cfg.bos_token_id) == (
+        tok.mask_token_id, tok.eos_token_id, tok.pad_token_id, tok.bos_token_id) == (
+        task.MASK_ID, task.EOS_ID, task.PAD_ID, task.BOS_ID)
+    assert cfg.max_seq_len >= task.MAX_PROMPT_LEN + task.GEN_LENGTH
+    with safe_open(os.path.join(ASSET, "model.safetensors"), "np") as f:
+        keys = list(f.keys())
+        assert "model.transformer.blocks.0.q_proj.weight" in keys
+        assert {f.get_slice(k).get_dtype() for k in keys} == {"BF16"}
+    with open(os.path.join(ASSET, "d2cache_generation.json")) as f:
+        assert json.load(f) == task.GENERATION_DEFAULTS
+    size = sum(os.path.getsize(os.path.join(ASSET, f)) for f in os.listdir(ASSET))
+    assert size <= 20 * 2**20
+
+
+def test_no_cache_vanilla_accuracy():
+    items = _held_out(2)
+    assert _accuracy(items, **task.GENERATION_DEFAULTS, cache="none", decoder="vanilla") >= ACC_FLOOR
+
+
+@pytest.mark.parametrize("cache", ["dual", "d2cache"])
+def test_cached_parallel_decoding_accuracy(cache):
+    items = _held_out(3)
+    opts = dict(task.GENERATION_DEFAULTS, cache=cache, decoder="threshold", threshold=0.9)
+    if cache == "d2cache":
+        opts["sigma"] = 0.0  # the prior's confidence x density stays under the threshold (one token a step)
+    assert _accuracy(items, **opts) >= ACC_FLOOR
