@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
-import pytest
 
 import d2cache_jax
 from d2cache_jax.cli import ASSETS_DIR
@@ -15,6 +16,7 @@ from d2cache_jax.config import read_hf_config
 from d2cache_jax.evaluation.tasks import trace as task
 
 ASSET = os.path.join(ASSETS_DIR, "tiny_trace")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACC_FLOOR = 0.8  # the documented held-out accuracy is far above this; a broken model or cache scores ~0
 
 
@@ -56,10 +58,41 @@ def test_no_cache_vanilla_accuracy():
     assert _accuracy(items, **task.GENERATION_DEFAULTS, cache="none", decoder="vanilla") >= ACC_FLOOR
 
 
-@pytest.mark.parametrize("cache", ["dual", "d2cache"])
-def test_cached_parallel_decoding_accuracy(cache):
+def test_d2cache_parallel_decoding_accuracy():
     items = _held_out(3)
-    opts = dict(task.GENERATION_DEFAULTS, cache=cache, decoder="threshold", threshold=0.9)
-    if cache == "d2cache":
-        opts["sigma"] = 0.0  # the prior's confidence x density stays under the threshold (one token a step)
+    # Certainty prior off: its confidence x density stays under the threshold (one token a step).
+    opts = dict(task.GENERATION_DEFAULTS, cache="d2cache", decoder="threshold", threshold=0.9, sigma=0.0)
     assert _accuracy(items, **opts) >= ACC_FLOOR
+
+
+def _script(tmp_path, module: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_evaluate_defaults_to_the_shipped_model(tmp_path):
+    """`--task=trace` without `--checkpoint` evaluates tiny_trace, with 32-token blocks for every cache."""
+    out = tmp_path / "run"
+    proc = _script(tmp_path, "experiments.evaluate", "--task=trace", "--limit=3", "--cache=dual",
+                   "--decoder=threshold", f"--output_dir={out}", "--noprogress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["checkpoint"] == os.path.abspath(ASSET)
+    gen = metrics["config"]["generation"]
+    assert (gen["gen_length"], gen["block_length"]) == (256, 32)
+    assert metrics["accuracy"] >= 2 / 3 and metrics["tokens_per_step"] > 1
+
+
+def test_benchmark_preset_runs_the_model_on_its_task(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = _script(tmp_path, "experiments.benchmark", "--preset=tiny-trace", "--methods=dual",
+                   "--decoders=threshold", "--batch_size=3", "--repeats=1", "--nomatmul_ceiling",
+                   f"--output_json={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    (r,) = doc["results"]
+    assert doc["checkpoint"] == ASSET and doc["prompt_len"] == max(
+        len(task.encode_prompt(it)) for it in task.make_items("eval", 3))
+    assert (r["options"]["gen_length"], r["options"]["block_length"]) == (256, 32)
+    assert r["accuracy"] >= 2 / 3

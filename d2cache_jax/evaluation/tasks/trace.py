@@ -1,21 +1,23 @@
 """Synthetic task with long, multi-block answers written left to right: the `tiny_trace` model's task.
 
-A mixture of three kinds of item, each a short prompt and a worked answer of 132-204 tokens (over
+A mixture of two kinds of item, each a short prompt and a worked answer of 132 or 205 tokens (over
 several 32-token blocks of a 256-token canvas), every token checkable and depending on the prompt:
 
-- ``edit`` (copy with edits): prompt ``E`` x ``>`` y ``:`` and 32 lowercase letters. Answer: four
-  lines, each ended by ``;``: the word with every x replaced by y; that line in upper case; the
-  edited word with each letter shifted one on (a->b, z->a); that line in upper case (132 tokens).
-- ``walk`` (pointer chasing): prompt ``W``, 12 pairs ``kv`` of a map f that takes 12 upper-case
-  letters round one cycle (pairs in random order), ``:`` and a start letter. Answer: the walk
-  f(start), f(f(start)), ..., 192 letters as 12 lines of 16, each ended by ``;`` (204 tokens).
-- ``sums`` (running sums): prompt ``S:`` and 40 digits. Answer: four lines of 40 digits, each ended
-  by ``;``: the running sums mod 10 of the digits, then the running sums of the line above (164).
+- ``edit`` (copy with edits): prompt ``E``, a shift k in 1-3, ``:`` and 32 lowercase letters.
+  Answer: four lines, each ended by ``;``: the word with each letter shifted k on (a->b for k=1,
+  z->a); that line in upper case; that line shifted k on again; that line in lower case (132 tokens).
+- ``parity`` (running sums mod 2): prompt ``P:`` and 40 bits. Answer: five lines of 40 bits, each
+  ended by ``;``: the running parity of the bits, then the running parity of the line above (205).
 
 Every line is computed left to right, from the prompt and the line above, so a cache that serves
 stale keys or values can break it. Splits are disjoint twice over: item seeds come from disjoint
 ranges (train [0, 2**40), eval [2**40, 2**41)), and problems are split by a hash of the prompt
 (eval: bucket 0 of 16, rejection-sampled; train never).
+
+A first mixture (a substitution rule x>y instead of the shift, a pointer-chasing walk through a
+12-pair table, running sums mod 10) had learned only the plain copies after 900 steps of the budget:
+the lookups that compare a token with the prompt's content and the 100-entry digit-sum table had not
+started (`docs/tiny_model.md`).
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ VOCAB_SIZE = _VOCAB.size
 EOS_ID, BOS_ID, MASK_ID, UNK_ID, PAD_ID = _VOCAB.eos_id, _VOCAB.bos_id, _VOCAB.mask_id, _VOCAB.unk_id, _VOCAB.pad_id
 encode, decode = _VOCAB.encode, _VOCAB.decode
 
-KINDS = ("edit", "walk", "sums")
-EDIT_LEN, WALK_KEYS, WALK_LINE, WALK_LINES, SUMS_LEN, SUMS_LINES = 32, 12, 16, 12, 40, 4
-MAX_PROMPT_LEN = 1 + 2 + SUMS_LEN  # BOS + the longest prompt ("S:" + 40 digits)
-MAX_ANSWER_LEN = WALK_LINES * (WALK_LINE + 1)
+KINDS = ("edit", "parity")
+EDIT_LEN, MAX_SHIFT, PARITY_LEN, PARITY_LINES = 32, 3, 40, 5
+MAX_PROMPT_LEN = 1 + 2 + PARITY_LEN  # BOS + the longest prompt ("P:" + 40 bits)
+MAX_ANSWER_LEN = PARITY_LINES * (PARITY_LEN + 1)
 GEN_LENGTH = 256
 BLOCK_LENGTH = 32
 GENERATION_DEFAULTS: dict[str, Any] = dict(gen_length=GEN_LENGTH, steps=GEN_LENGTH, block_length=BLOCK_LENGTH)
@@ -64,31 +66,23 @@ def _problem_bucket(prompt: str) -> int:
     return zlib.crc32(prompt.encode()) % _EVAL_BUCKETS
 
 
-def _shift(c: str) -> str:
-    return chr((ord(c) - ord("a") + 1) % 26 + ord("a"))
+def _shift(c: str, k: int) -> str:
+    base = ord("a") if c.islower() else ord("A")
+    return chr((ord(c) - base + k) % 26 + base)
 
 
-def edit_answer(x: str, y: str, word: str) -> str:
-    """The four lines of an edit item: edited, upper, shifted, shifted upper."""
-    edited = word.replace(x, y)
-    shifted = "".join(_shift(c) for c in edited)
-    return "".join(line + ";" for line in (edited, edited.upper(), shifted, shifted.upper()))
+def edit_answer(k: int, word: str) -> str:
+    """The four lines of an edit item: shifted by k, upper, shifted by k again, lower."""
+    first = "".join(_shift(c, k) for c in word)
+    third = "".join(_shift(c, k) for c in first.upper())
+    return "".join(line + ";" for line in (first, first.upper(), third, third.lower()))
 
 
-def walk_answer(table: dict[str, str], start: str) -> str:
-    """The walk start -> f(start) -> ..., WALK_LINES lines of WALK_LINE letters."""
-    out, x = [], start
-    for _ in range(WALK_LINES * WALK_LINE):
-        x = table[x]
-        out.append(x)
-    return "".join("".join(out[i:i + WALK_LINE]) + ";" for i in range(0, len(out), WALK_LINE))
-
-
-def sums_answer(digits: str) -> str:
-    """SUMS_LINES lines, each the running sums mod 10 of the line above (the first: of the digits)."""
-    lines, row = [], [int(c) for c in digits]
-    for _ in range(SUMS_LINES):
-        row = list(np.cumsum(row) % 10)
+def parity_answer(bits: str) -> str:
+    """PARITY_LINES lines, each the running parity of the line above (the first: of the bits)."""
+    lines, row = [], [int(c) for c in bits]
+    for _ in range(PARITY_LINES):
+        row = list(np.cumsum(row) % 2)
         lines.append("".join(str(int(v)) for v in row) + ";")
     return "".join(lines)
 
@@ -97,21 +91,11 @@ def _draw(rng: np.random.Generator) -> tuple[str, str, str]:
     """(kind, prompt, answer) of one random problem."""
     kind = KINDS[int(rng.integers(len(KINDS)))]
     if kind == "edit":
-        x, y = rng.choice(list(string.ascii_lowercase), size=2, replace=False)
-        word = list(rng.choice(list(string.ascii_lowercase), size=EDIT_LEN))
-        for i in rng.choice(EDIT_LEN, size=int(rng.integers(2, 5)), replace=False):
-            word[i] = x
-        word = "".join(word)
-        return kind, f"E{x}>{y}:{word}", edit_answer(x, y, word)
-    if kind == "walk":
-        keys = list(rng.choice(list(string.ascii_uppercase), size=WALK_KEYS, replace=False))
-        table = {k: keys[(i + 1) % WALK_KEYS] for i, k in enumerate(keys)}  # one cycle through every key
-        order = rng.permutation(WALK_KEYS)
-        start = keys[int(rng.integers(WALK_KEYS))]
-        pairs = "".join(keys[i] + table[keys[i]] for i in order)
-        return kind, f"W{pairs}:{start}", walk_answer(table, start)
-    digits = "".join(str(int(d)) for d in rng.integers(0, 10, size=SUMS_LEN))
-    return kind, f"S:{digits}", sums_answer(digits)
+        k = int(rng.integers(1, MAX_SHIFT + 1))
+        word = "".join(rng.choice(list(string.ascii_lowercase), size=EDIT_LEN))
+        return kind, f"E{k}:{word}", edit_answer(k, word)
+    bits = "".join(str(int(d)) for d in rng.integers(0, 2, size=PARITY_LEN))
+    return kind, f"P:{bits}", parity_answer(bits)
 
 
 def item_from_seed(seed: int, split: str) -> Item:
