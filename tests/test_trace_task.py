@@ -25,14 +25,14 @@ def _reference(prompt: str) -> str:
         third = "".join(ALPHA[(ALPHA.index(c) + 2 * k) % 26] for c in word)
         lines = [first, first.upper(), third.upper(), third]
     else:
-        assert prompt[:2] == "P:"
-        row, lines = [int(c) for c in prompt[2:]], []
+        assert prompt[:2] == "C:"
+        marks, lines = [c == "1" for c in prompt[2:]], []
         for _ in range(5):
-            ones, new = 0, []
-            for v in row:
-                ones += v
-                new.append(ones & 1)
-            row = new
+            total, row = 0, []
+            for m in marks:
+                total = (total + 1) % 10 if m else total
+                row.append(total)
+            marks = [v in (1, 3, 5, 7, 9) for v in row]
             lines.append("".join(map(str, row)))
     return "".join(line + ";" for line in lines)
 

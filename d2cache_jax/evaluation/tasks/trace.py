@@ -6,18 +6,19 @@ several 32-token blocks of a 256-token canvas), every token checkable and depend
 - ``edit`` (copy with edits): prompt ``E``, a shift k in 1-3, ``:`` and 32 lowercase letters.
   Answer: four lines, each ended by ``;``: the word with each letter shifted k on (a->b for k=1,
   z->a); that line in upper case; that line shifted k on again; that line in lower case (132 tokens).
-- ``parity`` (running sums mod 2): prompt ``P:`` and 40 bits. Answer: five lines of 40 bits, each
-  ended by ``;``: the running parity of the bits, then the running parity of the line above (205).
+- ``count`` (running counts): prompt ``C:`` and 40 bits. Answer: five lines of 40 digits, each
+  ended by ``;``: the running count mod 10 of the ones among the bits, then of the odd digits of the
+  line above (205 tokens).
 
 Every line is computed left to right, from the prompt and the line above, so a cache that serves
 stale keys or values can break it. Splits are disjoint twice over: item seeds come from disjoint
 ranges (train [0, 2**40), eval [2**40, 2**41)), and problems are split by a hash of the prompt
 (eval: bucket 0 of 16, rejection-sampled; train never).
 
-A first mixture (a substitution rule x>y instead of the shift, a pointer-chasing walk through a
-12-pair table, running sums mod 10) had learned only the plain copies after 900 steps of the budget:
-the lookups that compare a token with the prompt's content and the 100-entry digit-sum table had not
-started (`docs/tiny_model.md`).
+Two earlier mixtures stalled within the training budget (`docs/tiny_model.md`): a pointer-chasing
+walk, a substitution rule and running sums mod 10, then running parity. Sums mod 10 and parity give
+no signal for either input alone (XOR-like), and the content lookups had not formed by step 900.
+Each step of a count line is the digit to its left, or that plus one, decided by a one-token test.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ VOCAB_SIZE = _VOCAB.size
 EOS_ID, BOS_ID, MASK_ID, UNK_ID, PAD_ID = _VOCAB.eos_id, _VOCAB.bos_id, _VOCAB.mask_id, _VOCAB.unk_id, _VOCAB.pad_id
 encode, decode = _VOCAB.encode, _VOCAB.decode
 
-KINDS = ("edit", "parity")
-EDIT_LEN, MAX_SHIFT, PARITY_LEN, PARITY_LINES = 32, 3, 40, 5
-MAX_PROMPT_LEN = 1 + 2 + PARITY_LEN  # BOS + the longest prompt ("P:" + 40 bits)
-MAX_ANSWER_LEN = PARITY_LINES * (PARITY_LEN + 1)
+KINDS = ("edit", "count")
+EDIT_LEN, MAX_SHIFT, COUNT_LEN, COUNT_LINES = 32, 3, 40, 5
+MAX_PROMPT_LEN = 1 + 2 + COUNT_LEN  # BOS + the longest prompt ("C:" + 40 bits)
+MAX_ANSWER_LEN = COUNT_LINES * (COUNT_LEN + 1)
 GEN_LENGTH = 256
 BLOCK_LENGTH = 32
 GENERATION_DEFAULTS: dict[str, Any] = dict(gen_length=GEN_LENGTH, steps=GEN_LENGTH, block_length=BLOCK_LENGTH)
@@ -78,12 +79,14 @@ def edit_answer(k: int, word: str) -> str:
     return "".join(line + ";" for line in (first, first.upper(), third, third.lower()))
 
 
-def parity_answer(bits: str) -> str:
-    """PARITY_LINES lines, each the running parity of the line above (the first: of the bits)."""
-    lines, row = [], [int(c) for c in bits]
-    for _ in range(PARITY_LINES):
-        row = list(np.cumsum(row) % 2)
+def count_answer(bits: str) -> str:
+    """COUNT_LINES lines: the running count mod 10 of the ones among the bits, then of the odd digits
+    of the line above."""
+    lines, marks = [], [c == "1" for c in bits]
+    for _ in range(COUNT_LINES):
+        row = np.cumsum(marks) % 10
         lines.append("".join(str(int(v)) for v in row) + ";")
+        marks = [int(v) % 2 == 1 for v in row]
     return "".join(lines)
 
 
@@ -94,8 +97,8 @@ def _draw(rng: np.random.Generator) -> tuple[str, str, str]:
         k = int(rng.integers(1, MAX_SHIFT + 1))
         word = "".join(rng.choice(list(string.ascii_lowercase), size=EDIT_LEN))
         return kind, f"E{k}:{word}", edit_answer(k, word)
-    bits = "".join(str(int(d)) for d in rng.integers(0, 2, size=PARITY_LEN))
-    return kind, f"P:{bits}", parity_answer(bits)
+    bits = "".join(str(int(d)) for d in rng.integers(0, 2, size=COUNT_LEN))
+    return kind, f"C:{bits}", count_answer(bits)
 
 
 def item_from_seed(seed: int, split: str) -> Item:
