@@ -64,7 +64,7 @@ def validate_flags() -> tuple[Task, tuple[int, int]]:
     if not OUTPUT_DIR.value:
         raise app.UsageError("--output_dir is required")
     if CHECKPOINT.value is None and task.default_checkpoint:
-        CHECKPOINT.value = os.path.join(cli.ASSETS_DIR, task.default_checkpoint)
+        flags.FLAGS.checkpoint = os.path.join(cli.ASSETS_DIR, task.default_checkpoint)
     if not CHECKPOINT.value or not os.path.isdir(CHECKPOINT.value):
         raise app.UsageError(f"--checkpoint must be a checkpoint directory, got {CHECKPOINT.value!r}")
     if DATA.value is None and task.needs_data:
