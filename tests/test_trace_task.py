@@ -26,14 +26,11 @@ def _reference(prompt: str) -> str:
         lines = [first, first.upper(), third.upper(), third]
     else:
         assert prompt[:2] == "C:"
-        marks, lines = [c == "1" for c in prompt[2:]], []
-        for _ in range(5):
-            total, row = 0, []
-            for m in marks:
-                total = (total + 1) % 10 if m else total
-                row.append(total)
-            marks = [v in (1, 3, 5, 7, 9) for v in row]
-            lines.append("".join(map(str, row)))
+        total, first = 0, []
+        for c in prompt[2:]:
+            total = (total + 1) % 10 if c == "1" else total
+            first.append(total)
+        lines = ["".join(str((v + j) % 10) for v in first) for j in range(5)]
     return "".join(line + ";" for line in lines)
 
 
