@@ -13,7 +13,7 @@ from d2cache_jax.evaluation.tasks.base import Task
 
 _REGISTRY: dict[str, Task] = {}
 _ALIASES = {"math-500": "math500", "math_500": "math500", "openai_humaneval": "humaneval"}
-_NOT_TASKS = {"base", "chartok"}
+_NOT_TASKS = {"base", "chartok", "seeded"}
 
 
 def register_task(task: Task) -> Task:

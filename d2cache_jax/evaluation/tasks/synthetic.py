@@ -32,8 +32,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from d2cache_jax.evaluation.tasks import seeded
 from d2cache_jax.evaluation.tasks.base import Score, ScoreOptions, Task
 from d2cache_jax.evaluation.tasks.chartok import EOS, CharVocab
+from d2cache_jax.evaluation.tasks.seeded import EVAL_SEED_RANGE, SPLITS, TRAIN_SEED_RANGE, item_seeds  # noqa: F401 (re-exported)
 
 # --- vocabulary -------------------------------------------------------------------------------
 
@@ -52,10 +54,7 @@ GEN_LENGTH = 32
 # Settings an evaluation harness should use by default (greedy, one token per step, no cache).
 GENERATION_DEFAULTS: dict[str, Any] = dict(gen_length=GEN_LENGTH, steps=GEN_LENGTH, block_length=GEN_LENGTH)
 
-TRAIN_SEED_RANGE = (0, 2**40)
-EVAL_SEED_RANGE = (2**40, 2**41)
 _EVAL_BUCKETS = 16
-SPLITS = ("train", "eval")
 
 
 class Item(NamedTuple):
@@ -90,25 +89,10 @@ def worked_answer(a: int, b: int, bits: int = BITS) -> str:
 
 def item_from_seed(seed: int, split: str) -> Item:
     """The item of `split` that seed `seed` generates (rejection-sampled into the split's bucket)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    lo, hi = TRAIN_SEED_RANGE if split == "train" else EVAL_SEED_RANGE
-    if not lo <= seed < hi:
-        raise ValueError(f"seed {seed} is outside the {split} seed range [{lo}, {hi})")
-    rng = np.random.default_rng(seed)
-    while True:
-        a, b = (int(v) for v in rng.integers(2 ** (BITS - 1), 2**BITS, size=2))
-        if (_problem_bucket(a, b) == 0) == (split == "eval"):
-            return Item(seed, a, b, f"{a:b}+{b:b}=", worked_answer(a, b))
-
-
-def item_seeds(split: str, n: int, seed: int = 0) -> list[int]:
-    """The n item seeds of a stream: stream `seed` owns a run of 2**24 consecutive item seeds."""
-    lo, hi = TRAIN_SEED_RANGE if split == "train" else EVAL_SEED_RANGE
-    start = lo + seed * 2**24
-    if n > 2**24 or start + n > hi:
-        raise ValueError(f"stream seed {seed} with n={n} leaves the {split} seed range")
-    return list(range(start, start + n))
+    a, b = seeded.draw_in_split(
+        seed, split, lambda rng: tuple(int(v) for v in rng.integers(2 ** (BITS - 1), 2**BITS, size=2)),
+        lambda ab: _problem_bucket(*ab) == 0)
+    return Item(seed, a, b, f"{a:b}+{b:b}=", worked_answer(a, b))
 
 
 def make_items(split: str, n: int, seed: int = 0) -> list[Item]:
@@ -145,11 +129,7 @@ def encode_prompt(item: Item) -> list[int]:
 
 def training_sequence(item: Item, total_len: int) -> tuple[np.ndarray, int]:
     """BOS + prompt + answer, EOS-filled to total_len; also returns the prompt length (incl. BOS)."""
-    p = encode_prompt(item)
-    a = encode(item.answer)
-    if len(p) + len(a) + 1 > total_len:
-        raise ValueError(f"item needs {len(p) + len(a) + 1} tokens, total_len is {total_len}")
-    return np.array(p + a + [EOS_ID] * (total_len - len(p) - len(a)), np.int32), len(p)
+    return seeded.training_sequence(encode_prompt(item), encode(item.answer), total_len, EOS_ID)
 
 
 def save_tokenizer(out_dir: str) -> None:
