@@ -8,7 +8,11 @@ binary addition, 32-token answers; `trace`: long multi-block answers).
 
 Objective (LLaDA SFT): per sequence t ~ U(eps, 1); each answer token (EOS padding included) is
 replaced by the mask token with probability t; loss = sum over masked positions of CE / t, divided by
-the answer length, averaged over the batch. Prompt tokens are never masked. Data and noise are
+the answer length, averaged over the batch. Prompt tokens are never masked. With `--block_mask=p`, a
+share p of the sequences is noised as semi-autoregressive decoding sees them instead: one answer block
+of `block_length` is masked with probability t, every later answer position is masked, and the loss
+is that block's masked CE / t over the block's length (the state a 32-token block decoder is in,
+which uniform masking almost never draws for a long answer). Data and noise are
 functions of (seed, step), so a run killed mid-way resumes from its last orbax checkpoint and ends
 with the same parameters as an uninterrupted one.
 """
@@ -49,6 +53,8 @@ flags.DEFINE_float("lr", 3e-3, "Peak learning rate.")
 flags.DEFINE_integer("warmup", 50, "Linear warmup steps.")
 flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay (matrices only).")
 flags.DEFINE_float("eps", 1e-3, "Lower bound of the mask ratio t.")
+flags.DEFINE_float("block_mask", 0.0, "Share of sequences noised block-wise (one block partly masked, the "
+                   "rest of the answer masked), as semi-AR decoding sees them.", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("max_trunc", 4, "Drop up to this many trailing EOS slots per sequence (gen_length robustness).")
 flags.DEFINE_integer("d_model", 128, "Model width.")
 flags.DEFINE_integer("n_layers", 4, "Layers.")
@@ -66,6 +72,11 @@ def task_module(task):
     if task not in TASKS:
         raise ValueError(f"unknown training task {task!r}; known: {', '.join(sorted(TASKS))}")
     return TASKS[task]
+
+
+def block_length_of(task) -> int:
+    """The semi-AR block the task is evaluated with (its whole answer when it names none)."""
+    return getattr(task, "BLOCK_LENGTH", task.GEN_LENGTH)
 
 
 def total_len(task) -> int:
@@ -111,10 +122,15 @@ class Noised(NamedTuple):
     answer: jax.Array  # [B, T] bool: answer + EOS padding inside the valid length
     key_mask: jax.Array  # [B, T] bool: valid (attended) positions
     t: jax.Array  # [B] mask ratio
+    weight: jax.Array  # [B, T] float: loss weight of each position's CE (0 where not scored)
 
 
-def add_noise(cfg: ModelConfig, batch: dict, key: jax.Array, eps: float = 1e-3) -> Noised:
-    """Forward process: t ~ U(eps, 1) per sequence, each answer token masked with probability t."""
+def add_noise(cfg: ModelConfig, batch: dict, key: jax.Array, eps: float = 1e-3, block_mask: float = 0.0,
+              block_length: int = 32) -> Noised:
+    """Forward process: t ~ U(eps, 1) per sequence, each answer token masked with probability t.
+
+    A share `block_mask` of the sequences is noised block-wise instead (see the module docstring).
+    """
     tokens = batch["tokens"]
     b, t_len = tokens.shape
     pos = jnp.arange(t_len)[None, :]
@@ -122,18 +138,33 @@ def add_noise(cfg: ModelConfig, batch: dict, key: jax.Array, eps: float = 1e-3) 
     answer = (pos >= batch["prompt_len"][:, None]) & key_mask
     k_t, k_m = jax.random.split(key)
     t = jax.random.uniform(k_t, (b,), minval=eps, maxval=1.0)
-    masked = (jax.random.uniform(k_m, (b, t_len)) < t[:, None]) & answer
-    return Noised(jnp.where(masked, cfg.mask_token_id, tokens), masked, answer, key_mask, t)
+    coin = jax.random.uniform(k_m, (b, t_len)) < t[:, None]
+    masked = coin & answer
+    weight = jnp.where(masked, 1.0 / t[:, None], 0.0) / jnp.maximum(jnp.sum(answer, 1, keepdims=True), 1)
+    if block_mask > 0:
+        k_b, k_u = jax.random.split(jax.random.fold_in(key, 1))  # the uniform draws stay as they were
+        rel = pos - batch["prompt_len"][:, None]
+        n_blocks = -(-(batch["valid_len"] - batch["prompt_len"]) // block_length)
+        blk = jnp.floor(jax.random.uniform(k_b, (b,)) * n_blocks).astype(jnp.int32)[:, None]
+        current = answer & (rel // block_length == blk)
+        block_masked = (current & coin) | (answer & (rel // block_length > blk))
+        block_weight = jnp.where(current & coin, 1.0 / t[:, None], 0.0) / jnp.maximum(
+            jnp.sum(current, 1, keepdims=True), 1)
+        use = (jax.random.uniform(k_u, (b,)) < block_mask)[:, None]
+        masked = jnp.where(use, block_masked, masked)
+        weight = jnp.where(use, block_weight, weight)
+    return Noised(jnp.where(masked, cfg.mask_token_id, tokens), masked, answer, key_mask, t, weight)
 
 
-def diffusion_loss(cfg: ModelConfig, params, batch: dict, key: jax.Array, eps: float = 1e-3):
+def diffusion_loss(cfg: ModelConfig, params, batch: dict, key: jax.Array, eps: float = 1e-3,
+                   block_mask: float = 0.0, block_length: int = 32):
     """LLaDA SFT loss of one batch (sum of masked CE / t / answer length, batch mean) and masked accuracy."""
     tokens = batch["tokens"]
-    n = add_noise(cfg, batch, key, eps)
+    n = add_noise(cfg, batch, key, eps, block_mask, block_length)
     hidden = forward_rows(cfg, params, n.noisy, positions_from_mask(n.key_mask), n.key_mask).hidden
     logits = head(params, cfg, hidden)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
-    per_seq = jnp.sum(jnp.where(n.masked, ce, 0.0), axis=1) / n.t / jnp.maximum(jnp.sum(n.answer, axis=1), 1)
+    per_seq = jnp.sum(n.weight * ce, axis=1)
     acc = jnp.sum((logits.argmax(-1) == tokens) & n.masked) / jnp.maximum(jnp.sum(n.masked), 1)
     return jnp.mean(per_seq), acc
 
@@ -146,12 +177,13 @@ def make_optimizer(lr: float, warmup: int, steps: int, weight_decay: float) -> o
                        optax.adamw(sched, b1=0.9, b2=0.98, weight_decay=weight_decay, mask=decay_mask))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3,))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=("block_mask", "block_length"),
+                   donate_argnums=(3,))
 def train_step(cfg: ModelConfig, opt: optax.GradientTransformation, eps: float, state: dict, batch: dict,
-               key: jax.Array):
+               key: jax.Array, block_mask: float = 0.0, block_length: int = 32):
     """One optimizer step: state {params, opt_state} -> (new state, metrics)."""
     (loss, acc), grads = jax.value_and_grad(
-        lambda p: diffusion_loss(cfg, p, batch, key, eps), has_aux=True)(state["params"])
+        lambda p: diffusion_loss(cfg, p, batch, key, eps, block_mask, block_length), has_aux=True)(state["params"])
     updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     return dict(params=params, opt_state=opt_state), dict(loss=loss, acc=acc, gnorm=optax.global_norm(grads))
@@ -159,14 +191,18 @@ def train_step(cfg: ModelConfig, opt: optax.GradientTransformation, eps: float, 
 
 # --- greedy decoding for evaluation -----------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _greedy_jit(cfg: ModelConfig, params, canvas: jax.Array, n_steps: int, key_mask: jax.Array):
+@functools.partial(jax.jit, static_argnums=(0, 3, 5, 6))
+def _greedy_jit(cfg: ModelConfig, params, canvas: jax.Array, n_steps: int, key_mask: jax.Array,
+                gen_start: int, block_length: int):
     pos = positions_from_mask(key_mask)
+    block = jnp.maximum(jnp.arange(canvas.shape[1]) - gen_start, -1) // block_length  # prompt: -1
 
     def body(_, canvas):
         logits = head(params, cfg, forward_rows(cfg, params, canvas, pos, key_mask).hidden)
         probs = jax.nn.softmax(logits, axis=-1)
-        conf = jnp.where(canvas == cfg.mask_token_id, probs.max(-1), -1.0)
+        is_mask = canvas == cfg.mask_token_id
+        current = jnp.min(jnp.where(is_mask, block[None], canvas.shape[1]), axis=1, keepdims=True)
+        conf = jnp.where(is_mask & (block[None] == current), probs.max(-1), -1.0)
         i = conf.argmax(-1)  # [B] the most confident masked position
         rows = jnp.arange(canvas.shape[0])
         still = conf[rows, i] >= 0
@@ -176,8 +212,9 @@ def _greedy_jit(cfg: ModelConfig, params, canvas: jax.Array, n_steps: int, key_m
 
 
 def greedy_generate(cfg: ModelConfig, params, prompts: list[list[int]], gen_length: int = synthetic.GEN_LENGTH,
-                    batch_size: int = 64) -> np.ndarray:
-    """Low-confidence remasking, one token per step (gen_length forward passes), no cache.
+                    batch_size: int = 64, block_length: int | None = None) -> np.ndarray:
+    """Low-confidence remasking, one token per step (gen_length forward passes), no cache; with
+    `block_length`, semi-autoregressive: only the first block that still holds masks is decoded.
 
     Prompts are left-padded (masked out of attention, positions start at each prompt's BOS).
     Returns the generated ids [N, gen_length].
@@ -194,16 +231,19 @@ def greedy_generate(cfg: ModelConfig, params, prompts: list[list[int]], gen_leng
             canvas[r, p_len - len(p):p_len] = p
             canvas[r, :p_len - len(p)] = cfg.pad_token_id
             key_mask[r, :p_len - len(p)] = False
-        res = _greedy_jit(cfg, params, jnp.asarray(canvas), gen_length, jnp.asarray(key_mask))
+        res = _greedy_jit(cfg, params, jnp.asarray(canvas), gen_length, jnp.asarray(key_mask), p_len,
+                          block_length or gen_length)
         out.append(np.asarray(res)[:n, p_len:])
     return np.concatenate(out)
 
 
 def evaluate(cfg: ModelConfig, params, n: int, seed: int = 0, task="synthetic") -> dict[str, float]:
-    """Greedy accuracy on n held-out items (final answer correct, and whole worked answer exact)."""
+    """Greedy accuracy on n held-out items (final answer correct, and whole worked answer exact), decoded
+    in the task's blocks as the evaluation harness decodes them."""
     task = task_module(task)
     items = task.make_items("eval", n, seed)
-    gen = greedy_generate(cfg, params, [task.encode_prompt(it) for it in items], task.GEN_LENGTH)
+    gen = greedy_generate(cfg, params, [task.encode_prompt(it) for it in items], task.GEN_LENGTH,
+                          block_length=block_length_of(task))
     texts = [task.decode(g) for g in gen]
     return dict(acc=float(np.mean([task.check(it, t) for it, t in zip(items, texts)])),
                 exact=float(np.mean([task.check_exact(it, t) for it, t in zip(items, texts)])))
@@ -224,7 +264,8 @@ def export(cfg: ModelConfig, params, out_dir: str, dtype: str, task="synthetic")
 # --- training loop ---------------------------------------------------------------------------
 
 def train(workdir: str, steps: int, *, seed: int = 0, batch_size: int = 32, lr: float = 3e-3,
-          warmup: int = 50, weight_decay: float = 0.05, eps: float = 1e-3, max_trunc: int = 4,
+          warmup: int = 50, weight_decay: float = 0.05, eps: float = 1e-3, block_mask: float = 0.0,
+          max_trunc: int = 4,
           model: dict | None = None, ckpt_every: int = 100, eval_every: int = 0, eval_n: int = 64,
           stop_after: int | None = None, progress: bool = True, task="synthetic") -> tuple[ModelConfig, dict]:
     """Train (or resume from `workdir`'s last checkpoint) up to `steps`; returns (config, params).
@@ -253,7 +294,8 @@ def train(workdir: str, steps: int, *, seed: int = 0, batch_size: int = 32, lr: 
     bar = tqdm(range(start, end), initial=start, total=steps, desc="train", disable=not progress)
     for step in bar:
         batch = jax.tree.map(jnp.asarray, train_batch(seed, step, batch_size, max_trunc, task))
-        state, m = train_step(cfg, opt, eps, state, batch, jax.random.fold_in(noise_key, step))
+        state, m = train_step(cfg, opt, eps, state, batch, jax.random.fold_in(noise_key, step),
+                              block_mask=block_mask, block_length=block_length_of(task_module(task)))
         done = step + 1
         if done % 10 == 0 or done == end:
             m = {k: float(v) for k, v in m.items()}
@@ -279,8 +321,8 @@ def main(argv):
     t0 = time.time()
     cfg, params = train(FLAGS.workdir, FLAGS.steps, seed=FLAGS.seed, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
                         warmup=FLAGS.warmup, weight_decay=FLAGS.weight_decay, eps=FLAGS.eps,
-                        max_trunc=FLAGS.max_trunc, model=model, ckpt_every=FLAGS.ckpt_every,
-                        eval_every=FLAGS.eval_every, eval_n=FLAGS.eval_n, task=FLAGS.task)
+                        block_mask=FLAGS.block_mask, max_trunc=FLAGS.max_trunc, model=model,
+                        ckpt_every=FLAGS.ckpt_every, eval_every=FLAGS.eval_every, eval_n=FLAGS.eval_n, task=FLAGS.task)
     res = evaluate(cfg, params, FLAGS.eval_n, task=FLAGS.task)
     print(json.dumps(dict(step=FLAGS.steps, final_eval=res, eval_n=FLAGS.eval_n,
                           wall_s_this_invocation=round(time.time() - t0, 1))))

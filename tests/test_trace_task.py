@@ -119,3 +119,50 @@ def test_trainer_batches_for_the_task():
     assert not np.asarray(n.masked)[np.arange(b["tokens"].shape[1])[None] < b["prompt_len"][:, None]].any()
     with pytest.raises(ValueError, match="unknown training task"):
         train_tiny.model_config(task="nope")
+
+
+def test_block_noise_is_the_state_a_block_decoder_sees():
+    """block_mask=1: answer blocks before one block are clean, that block is masked at rate t, every later
+    answer position is masked, and only that block's masked positions carry loss (weight 1/t/len)."""
+    b = jax.tree.map(jnp.asarray, train_tiny.train_batch(0, 5, 64, 4, "trace"))
+    cfg = train_tiny.model_config(d_model=32, n_layers=1, n_heads=2, mlp_hidden=64, task="trace")
+    n = train_tiny.add_noise(cfg, b, jax.random.key(3), block_mask=1.0, block_length=32)
+    masked, weight, t = np.asarray(n.masked), np.asarray(n.weight), np.asarray(n.t)
+    blocks_seen = set()
+    for r in range(64):
+        plen, vlen = int(b["prompt_len"][r]), int(b["valid_len"][r])
+        row = masked[r, plen:vlen]
+        assert not masked[r, :plen].any() and not masked[r, vlen:].any()
+        scored = np.flatnonzero(weight[r, plen:vlen])
+        if not row.any():  # the last block drawn, and its coin masked nothing
+            assert not len(scored)
+            continue
+        # The drawn block: the one scored, or (when its coin masked nothing) the one before the suffix.
+        blk = scored[0] // 32 if len(scored) else int(np.argmax(row)) // 32 - 1
+        blocks_seen.add(blk)
+        end = min((blk + 1) * 32, vlen - plen)
+        assert not row[:blk * 32].any() and row[end:].all()
+        np.testing.assert_array_equal(scored, np.flatnonzero(row[:end]))
+        assert (scored // 32 == blk).all()
+        np.testing.assert_allclose(weight[r, plen + scored], 1 / t[r] / (end - blk * 32), rtol=1e-5)
+    assert len(blocks_seen) >= 5  # the block is drawn over the whole answer
+    # block_mask=0 leaves the uniform forward process exactly as it was.
+    u = train_tiny.add_noise(cfg, b, jax.random.key(3))
+    assert np.array_equal(np.asarray(u.masked), np.asarray(train_tiny.add_noise(
+        cfg, b, jax.random.key(3), block_mask=0.0).masked))
+    assert abs(np.asarray(u.masked).sum() / np.asarray(u.answer).sum() - np.asarray(u.t).mean()) < 0.05
+
+
+def test_trainer_block_greedy_matches_generate():
+    """The trainer's held-out check decodes in the task's blocks: same tokens as `d2cache_jax.generate`
+    (no cache, vanilla, block 32), an independent implementation of semi-AR low-confidence decoding."""
+    import d2cache_jax
+    from d2cache_jax.cli import ASSETS_DIR
+
+    cfg, params = d2cache_jax.load(f"{ASSETS_DIR}/tiny_trace")
+    items = task.make_items("eval", 4)
+    prompts = [task.encode_prompt(it) for it in items]
+    ours = train_tiny.greedy_generate(cfg, params, prompts, task.GEN_LENGTH, block_length=task.BLOCK_LENGTH)
+    ref = d2cache_jax.generate(cfg, params, prompts, **task.GENERATION_DEFAULTS, cache="none", decoder="vanilla")
+    for mine, theirs in zip(ours, ref.tokens):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs)[:len(mine)])
