@@ -91,7 +91,9 @@ def test_evaluate_defaults_to_the_shipped_model(tmp_path):
     assert (gen["gen_length"], gen["block_length"]) == (256, 32)
     with open(out / "samples.jsonl") as f:
         token_acc = [json.loads(line)["details"]["token_acc"] for line in f]
-    assert len(token_acc) == 3 and np.mean(token_acc) >= TOKEN_ACC_FLOOR["d2cache"]
+    # The trained model, not random weights (about 0.05): dual + threshold scores 0.59 on these three
+    # items (1.0, 0.46, 0.32 in the 200-item run); its count lines break on the stale suffix.
+    assert len(token_acc) == 3 and np.mean(token_acc) >= 0.4
     assert metrics["tokens_per_step"] > 1
 
 
