@@ -74,11 +74,6 @@ def task_module(task):
     return TASKS[task]
 
 
-def block_length_of(task) -> int:
-    """The semi-AR block the task is evaluated with (its whole answer when it names none)."""
-    return getattr(task, "BLOCK_LENGTH", task.GEN_LENGTH)
-
-
 def total_len(task) -> int:
     """Training sequence length: the longest prompt (with BOS) plus the generation canvas."""
     task = task_module(task)
@@ -243,7 +238,7 @@ def evaluate(cfg: ModelConfig, params, n: int, seed: int = 0, task="synthetic") 
     task = task_module(task)
     items = task.make_items("eval", n, seed)
     gen = greedy_generate(cfg, params, [task.encode_prompt(it) for it in items], task.GEN_LENGTH,
-                          block_length=block_length_of(task))
+                          block_length=task.GENERATION_DEFAULTS["block_length"])
     texts = [task.decode(g) for g in gen]
     return dict(acc=float(np.mean([task.check(it, t) for it, t in zip(items, texts)])),
                 exact=float(np.mean([task.check_exact(it, t) for it, t in zip(items, texts)])))
@@ -291,11 +286,12 @@ def train(workdir: str, steps: int, *, seed: int = 0, batch_size: int = 32, lr: 
     noise_key = jax.random.key(seed + 1)
     log_path = os.path.join(workdir, "metrics.jsonl")
     t0 = time.time()
+    block_length = task_module(task).GENERATION_DEFAULTS["block_length"]
     bar = tqdm(range(start, end), initial=start, total=steps, desc="train", disable=not progress)
     for step in bar:
         batch = jax.tree.map(jnp.asarray, train_batch(seed, step, batch_size, max_trunc, task))
         state, m = train_step(cfg, opt, eps, state, batch, jax.random.fold_in(noise_key, step),
-                              block_mask=block_mask, block_length=block_length_of(task_module(task)))
+                              block_mask=block_mask, block_length=block_length)
         done = step + 1
         if done % 10 == 0 or done == end:
             m = {k: float(v) for k, v in m.items()}

@@ -108,4 +108,4 @@ def test_benchmark_preset_runs_the_model_on_its_task(tmp_path):
     assert doc["checkpoint"] == ASSET and doc["prompt_len"] == max(
         len(task.encode_prompt(it)) for it in task.make_items("eval", 3))
     assert (r["options"]["gen_length"], r["options"]["block_length"]) == (256, 32)
-    assert 0.0 <= r["accuracy"] <= 1.0
+    assert r["accuracy"] >= 1 / 3  # the trained model: random weights write no answer exactly

@@ -146,10 +146,13 @@ def test_block_noise_is_the_state_a_block_decoder_sees():
         assert (scored // 32 == blk).all()
         np.testing.assert_allclose(weight[r, plen + scored], 1 / t[r] / (end - blk * 32), rtol=1e-5)
     assert len(blocks_seen) >= 5  # the block is drawn over the whole answer
-    # block_mask=0 leaves the uniform forward process exactly as it was.
+    # block_mask=0 is LLaDA's uniform process, drawn as before block noise existed: t from the first
+    # half of the key, each answer position's coin from the second.
     u = train_tiny.add_noise(cfg, b, jax.random.key(3))
-    assert np.array_equal(np.asarray(u.masked), np.asarray(train_tiny.add_noise(
-        cfg, b, jax.random.key(3), block_mask=0.0).masked))
+    k_t, k_m = jax.random.split(jax.random.key(3))
+    t_ref = np.asarray(jax.random.uniform(k_t, (64,), minval=1e-3, maxval=1.0))
+    coin = np.asarray(jax.random.uniform(k_m, b["tokens"].shape)) < t_ref[:, None]
+    np.testing.assert_array_equal(np.asarray(u.masked), coin & np.asarray(u.answer))
     assert abs(np.asarray(u.masked).sum() / np.asarray(u.answer).sum() - np.asarray(u.t).mean()) < 0.05
 
 
