@@ -12,7 +12,11 @@ the answer length, averaged over the batch. Prompt tokens are never masked. With
 share p of the sequences is noised as semi-autoregressive decoding sees them instead: one answer block
 of `block_length` is masked with probability t, every later answer position is masked, and the loss
 is that block's masked CE / t over the block's length (the state a 32-token block decoder is in,
-which uniform masking almost never draws for a long answer). Data and noise are
+which uniform masking almost never draws for a long answer). With `--stale_kv=p`, the first share p
+of every batch is block-noised and decoded as Fast-dLLM's dual cache runs a block: a full pass over
+the canvas with that block all masked gives every layer's keys and values, and the block's rows are
+then recomputed over those frozen states (no gradient through them), so the model learns not to
+need the masked suffix or the prefix refreshed within a block. Data and noise are
 functions of (seed, step), so a run killed mid-way resumes from its last orbax checkpoint and ends
 with the same parameters as an uninterrupted one.
 """
@@ -36,7 +40,7 @@ from tqdm import tqdm
 from d2cache_jax import files
 from d2cache_jax.config import ModelConfig, tiny_llada
 from d2cache_jax.evaluation.tasks import synthetic, trace
-from d2cache_jax.model import forward_rows, head, positions_from_mask
+from d2cache_jax.model import forward_rows, gather_rows, head, positions_from_mask
 from d2cache_jax.params import init_params, num_params
 
 TASKS = {"synthetic": synthetic, "trace": trace}
@@ -55,6 +59,8 @@ flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay (matrices only).")
 flags.DEFINE_float("eps", 1e-3, "Lower bound of the mask ratio t.")
 flags.DEFINE_float("block_mask", 0.0, "Share of sequences noised block-wise (one block partly masked, the "
                    "rest of the answer masked), as semi-AR decoding sees them.", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("stale_kv", 0.0, "Share of each batch block-noised and decoded over states frozen at the "
+                   "block's start, as the dual cache decodes.", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("max_trunc", 4, "Drop up to this many trailing EOS slots per sequence (gen_length robustness).")
 flags.DEFINE_integer("d_model", 128, "Model width.")
 flags.DEFINE_integer("n_layers", 4, "Layers.")
@@ -118,13 +124,16 @@ class Noised(NamedTuple):
     key_mask: jax.Array  # [B, T] bool: valid (attended) positions
     t: jax.Array  # [B] mask ratio
     weight: jax.Array  # [B, T] float: loss weight of each position's CE (0 where not scored)
+    current: jax.Array  # [B, T] bool: the block being decoded (all False for uniform noise)
+    block_start: jax.Array  # [B] int: first position of that block (the prompt length for uniform noise)
 
 
 def add_noise(cfg: ModelConfig, batch: dict, key: jax.Array, eps: float = 1e-3, block_mask: float = 0.0,
-              block_length: int = 32) -> Noised:
+              block_length: int = 32, n_block: int = 0) -> Noised:
     """Forward process: t ~ U(eps, 1) per sequence, each answer token masked with probability t.
 
-    A share `block_mask` of the sequences is noised block-wise instead (see the module docstring).
+    A share `block_mask` of the sequences, and the first `n_block` of them always, are noised
+    block-wise instead (see the module docstring).
     """
     tokens = batch["tokens"]
     b, t_len = tokens.shape
@@ -136,31 +145,69 @@ def add_noise(cfg: ModelConfig, batch: dict, key: jax.Array, eps: float = 1e-3, 
     coin = jax.random.uniform(k_m, (b, t_len)) < t[:, None]
     masked = coin & answer
     weight = jnp.where(masked, 1.0 / t[:, None], 0.0) / jnp.maximum(jnp.sum(answer, 1, keepdims=True), 1)
-    if block_mask > 0:
+    current = jnp.zeros_like(answer)
+    block_start = batch["prompt_len"]
+    if block_mask > 0 or n_block > 0:
         k_b, k_u = jax.random.split(jax.random.fold_in(key, 1))  # the uniform draws stay as they were
         rel = pos - batch["prompt_len"][:, None]
         n_blocks = -(-(batch["valid_len"] - batch["prompt_len"]) // block_length)
         blk = jnp.floor(jax.random.uniform(k_b, (b,)) * n_blocks).astype(jnp.int32)[:, None]
-        current = answer & (rel // block_length == blk)
-        block_masked = (current & coin) | (answer & (rel // block_length > blk))
-        block_weight = jnp.where(current & coin, 1.0 / t[:, None], 0.0) / jnp.maximum(
-            jnp.sum(current, 1, keepdims=True), 1)
-        use = (jax.random.uniform(k_u, (b,)) < block_mask)[:, None]
+        in_block = answer & (rel // block_length == blk)
+        block_masked = (in_block & coin) | (answer & (rel // block_length > blk))
+        block_weight = jnp.where(in_block & coin, 1.0 / t[:, None], 0.0) / jnp.maximum(
+            jnp.sum(in_block, 1, keepdims=True), 1)
+        use = ((jax.random.uniform(k_u, (b,)) < block_mask) | (jnp.arange(b) < n_block))[:, None]
         masked = jnp.where(use, block_masked, masked)
         weight = jnp.where(use, block_weight, weight)
-    return Noised(jnp.where(masked, cfg.mask_token_id, tokens), masked, answer, key_mask, t, weight)
+        current = use & in_block
+        block_start = jnp.where(use[:, 0], batch["prompt_len"] + blk[:, 0] * block_length, block_start)
+    return Noised(jnp.where(masked, cfg.mask_token_id, tokens), masked, answer, key_mask, t, weight, current,
+                  block_start)
+
+
+def stale_block_logits(cfg: ModelConfig, params, n: Noised, block_length: int) -> tuple[jax.Array, jax.Array]:
+    """Logits of each sequence's current block decoded as under the dual cache: the block's rows are
+    recomputed over every other row's keys and values from a pass with the block all masked.
+
+    Returns (logits [B, block_length, V], the block's positions [B, block_length]; T where past the end).
+    """
+    t_len = n.noisy.shape[1]
+    positions = positions_from_mask(n.key_mask)
+    at_start = jnp.where(n.current, cfg.mask_token_id, n.noisy)
+    kv = jax.lax.stop_gradient(forward_rows(cfg, params, at_start, positions, n.key_mask).kv)
+    idx = n.block_start[:, None] + jnp.arange(block_length, dtype=jnp.int32)
+    idx = jnp.where(idx < t_len, idx, t_len)
+    hidden = forward_rows(cfg, params, n.noisy, positions, n.key_mask, q_idx=idx, kv=kv).hidden
+    return head(params, cfg, hidden), idx
 
 
 def diffusion_loss(cfg: ModelConfig, params, batch: dict, key: jax.Array, eps: float = 1e-3,
-                   block_mask: float = 0.0, block_length: int = 32):
-    """LLaDA SFT loss of one batch (sum of masked CE / t / answer length, batch mean) and masked accuracy."""
+                   block_mask: float = 0.0, block_length: int = 32, n_stale: int = 0):
+    """LLaDA SFT loss of one batch (sum of masked CE / t / answer length, batch mean) and masked accuracy.
+
+    The first `n_stale` sequences are block-noised and scored on `stale_block_logits`.
+    """
     tokens = batch["tokens"]
-    n = add_noise(cfg, batch, key, eps, block_mask, block_length)
-    hidden = forward_rows(cfg, params, n.noisy, positions_from_mask(n.key_mask), n.key_mask).hidden
+    n = add_noise(cfg, batch, key, eps, block_mask, block_length, n_block=n_stale)
+    fresh = jax.tree.map(lambda a: a[n_stale:], n)
+    hidden = forward_rows(cfg, params, fresh.noisy, positions_from_mask(fresh.key_mask), fresh.key_mask).hidden
     logits = head(params, cfg, hidden)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
-    per_seq = jnp.sum(n.weight * ce, axis=1)
-    acc = jnp.sum((logits.argmax(-1) == tokens) & n.masked) / jnp.maximum(jnp.sum(n.masked), 1)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[n_stale:])
+    per_seq = jnp.sum(fresh.weight * ce, axis=1)
+    hits = jnp.sum((logits.argmax(-1) == tokens[n_stale:]) & fresh.masked)
+    scored = jnp.sum(fresh.masked)
+    if n_stale:
+        stale = jax.tree.map(lambda a: a[:n_stale], n)
+        s_logits, idx = stale_block_logits(cfg, params, stale, block_length)
+        inside = idx < tokens.shape[1]
+        s_tokens = gather_rows(tokens[:n_stale], idx)
+        s_weight = jnp.where(inside, gather_rows(stale.weight, idx), 0.0)
+        s_masked = inside & gather_rows(stale.masked, idx)
+        s_ce = optax.softmax_cross_entropy_with_integer_labels(s_logits, s_tokens)
+        per_seq = jnp.concatenate([jnp.sum(s_weight * s_ce, axis=1), per_seq])
+        hits = hits + jnp.sum((s_logits.argmax(-1) == s_tokens) & s_masked)
+        scored = scored + jnp.sum(s_masked)
+    acc = hits / jnp.maximum(scored, 1)
     return jnp.mean(per_seq), acc
 
 
@@ -172,13 +219,14 @@ def make_optimizer(lr: float, warmup: int, steps: int, weight_decay: float) -> o
                        optax.adamw(sched, b1=0.9, b2=0.98, weight_decay=weight_decay, mask=decay_mask))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=("block_mask", "block_length"),
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=("block_mask", "block_length", "n_stale"),
                    donate_argnums=(3,))
 def train_step(cfg: ModelConfig, opt: optax.GradientTransformation, eps: float, state: dict, batch: dict,
-               key: jax.Array, block_mask: float = 0.0, block_length: int = 32):
+               key: jax.Array, block_mask: float = 0.0, block_length: int = 32, n_stale: int = 0):
     """One optimizer step: state {params, opt_state} -> (new state, metrics)."""
     (loss, acc), grads = jax.value_and_grad(
-        lambda p: diffusion_loss(cfg, p, batch, key, eps, block_mask, block_length), has_aux=True)(state["params"])
+        lambda p: diffusion_loss(cfg, p, batch, key, eps, block_mask, block_length, n_stale),
+        has_aux=True)(state["params"])
     updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     return dict(params=params, opt_state=opt_state), dict(loss=loss, acc=acc, gnorm=optax.global_norm(grads))
@@ -260,7 +308,7 @@ def export(cfg: ModelConfig, params, out_dir: str, dtype: str, task="synthetic")
 
 def train(workdir: str, steps: int, *, seed: int = 0, batch_size: int = 32, lr: float = 3e-3,
           warmup: int = 50, weight_decay: float = 0.05, eps: float = 1e-3, block_mask: float = 0.0,
-          max_trunc: int = 4,
+          stale_kv: float = 0.0, max_trunc: int = 4,
           model: dict | None = None, ckpt_every: int = 100, eval_every: int = 0, eval_n: int = 64,
           stop_after: int | None = None, progress: bool = True, task="synthetic") -> tuple[ModelConfig, dict]:
     """Train (or resume from `workdir`'s last checkpoint) up to `steps`; returns (config, params).
@@ -287,11 +335,12 @@ def train(workdir: str, steps: int, *, seed: int = 0, batch_size: int = 32, lr: 
     log_path = os.path.join(workdir, "metrics.jsonl")
     t0 = time.time()
     block_length = task_module(task).GENERATION_DEFAULTS["block_length"]
+    n_stale = round(stale_kv * batch_size)
     bar = tqdm(range(start, end), initial=start, total=steps, desc="train", disable=not progress)
     for step in bar:
         batch = jax.tree.map(jnp.asarray, train_batch(seed, step, batch_size, max_trunc, task))
         state, m = train_step(cfg, opt, eps, state, batch, jax.random.fold_in(noise_key, step),
-                              block_mask=block_mask, block_length=block_length)
+                              block_mask=block_mask, block_length=block_length, n_stale=n_stale)
         done = step + 1
         if done % 10 == 0 or done == end:
             m = {k: float(v) for k, v in m.items()}
@@ -317,7 +366,7 @@ def main(argv):
     t0 = time.time()
     cfg, params = train(FLAGS.workdir, FLAGS.steps, seed=FLAGS.seed, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
                         warmup=FLAGS.warmup, weight_decay=FLAGS.weight_decay, eps=FLAGS.eps,
-                        block_mask=FLAGS.block_mask, max_trunc=FLAGS.max_trunc, model=model,
+                        block_mask=FLAGS.block_mask, stale_kv=FLAGS.stale_kv, max_trunc=FLAGS.max_trunc, model=model,
                         ckpt_every=FLAGS.ckpt_every, eval_every=FLAGS.eval_every, eval_n=FLAGS.eval_n, task=FLAGS.task)
     res = evaluate(cfg, params, FLAGS.eval_n, task=FLAGS.task)
     print(json.dumps(dict(step=FLAGS.steps, final_eval=res, eval_n=FLAGS.eval_n,

@@ -169,3 +169,44 @@ def test_trainer_block_greedy_matches_generate():
     ref = d2cache_jax.generate(cfg, params, prompts, **task.GENERATION_DEFAULTS, cache="none", decoder="vanilla")
     for mine, theirs in zip(ours, ref.tokens):
         np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs)[:len(mine)])
+
+
+def test_stale_kv_training_scores_a_block_as_the_dual_cache_decodes_it():
+    """--stale_kv: the first sequences' block logits are those of the dual cache's in-block step (its
+    full pass at the block's start with the block all masked, then the block's rows over those frozen
+    states), which differ from a fresh full pass over the same canvas."""
+    from d2cache_jax import model
+    from d2cache_jax.cache import prefix
+    from d2cache_jax.generation.options import make_options
+    from d2cache_jax.generation.state import init_state
+    from d2cache_jax.params import init_params
+
+    p_len, g_len, bl = 40, 96, 32
+    cfg = train_tiny.model_config(d_model=32, n_layers=2, n_heads=2, mlp_hidden=64, task="trace")
+    params = init_params(cfg, jax.random.key(1))
+    rng = np.random.default_rng(0)
+    batch = dict(tokens=jnp.asarray(rng.integers(4, cfg.vocab_size, (3, p_len + g_len)), jnp.int32),
+                 prompt_len=jnp.full((3,), p_len, jnp.int32), valid_len=jnp.full((3,), p_len + g_len, jnp.int32))
+    opts = make_options(gen_length=g_len, block_length=bl, steps=g_len, cache="dual")
+    blocks = set()
+    for seed in range(2):  # these two keys draw every block
+        n = train_tiny.add_noise(cfg, batch, jax.random.key(seed), block_mask=0.0, block_length=bl, n_block=3)
+        logits, idx = train_tiny.stale_block_logits(cfg, params, n, bl)
+        for r in range(3):
+            block = (int(n.block_start[r]) - p_len) // bl
+            blocks.add(block)
+            np.testing.assert_array_equal(np.asarray(idx[r]), p_len + block * bl + np.arange(bl))
+            prompt, canvas = np.asarray(batch["tokens"][r:r + 1, :p_len]), np.asarray(n.noisy[r:r + 1])
+            at_start = canvas.copy()
+            at_start[:, p_len + block * bl:p_len + (block + 1) * bl] = cfg.mask_token_id
+            state = init_state(cfg, opts, prompt, np.ones_like(prompt, bool),
+                               prefix.init(cfg, opts, 1, p_len + g_len), jax.random.key(0))
+            state = state.replace(tokens=jnp.asarray(at_start), block=jnp.int32(block))
+            state = state.replace(cache=prefix.forward(cfg, opts, params, state).cache)  # the block's first step
+            later = prefix.forward(cfg, opts, params, state.replace(tokens=jnp.asarray(canvas),
+                                                                    block_step=jnp.int32(3)))
+            ref = model.head(params, cfg, later.hidden)
+            np.testing.assert_allclose(np.asarray(logits[r]), np.asarray(ref[0]), rtol=2e-4, atol=2e-4)
+            fresh = model.forward(cfg, params, canvas)[0, p_len + block * bl:p_len + (block + 1) * bl]
+            assert np.abs(np.asarray(fresh) - np.asarray(ref[0])).max() > 1e-2
+    assert blocks == {0, 1, 2}
