@@ -16,7 +16,9 @@ which uniform masking almost never draws for a long answer). With `--stale_kv=p`
 of every batch is block-noised and decoded as Fast-dLLM's dual cache runs a block: a full pass over
 the canvas with that block all masked gives every layer's keys and values, and the block's rows are
 then recomputed over those frozen states (no gradient through them), so the model learns not to
-need the masked suffix or the prefix refreshed within a block. Data and noise are
+need the masked suffix or the prefix refreshed within a block. `--stale_first=q` gives a share q of
+those sequences d2Cache's staleness: their prompt and masked suffix come from a pass with the whole
+answer masked (d2Cache's first step, after which it recomputes only the rows it selects). Data and noise are
 functions of (seed, step), so a run killed mid-way resumes from its last orbax checkpoint and ends
 with the same parameters as an uninterrupted one.
 """
@@ -61,6 +63,8 @@ flags.DEFINE_float("block_mask", 0.0, "Share of sequences noised block-wise (one
                    "rest of the answer masked), as semi-AR decoding sees them.", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float("stale_kv", 0.0, "Share of each batch block-noised and decoded over states frozen at the "
                    "block's start, as the dual cache decodes.", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("stale_first", 0.0, "Share of the --stale_kv sequences whose prompt and masked suffix are "
+                   "frozen since the whole answer was masked, as d2Cache keeps them.", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("max_trunc", 4, "Drop up to this many trailing EOS slots per sequence (gen_length robustness).")
 flags.DEFINE_integer("d_model", 128, "Model width.")
 flags.DEFINE_integer("n_layers", 4, "Layers.")
@@ -165,16 +169,29 @@ def add_noise(cfg: ModelConfig, batch: dict, key: jax.Array, eps: float = 1e-3, 
                   block_start)
 
 
-def stale_block_logits(cfg: ModelConfig, params, n: Noised, block_length: int) -> tuple[jax.Array, jax.Array]:
+def stale_block_logits(cfg: ModelConfig, params, n: Noised, block_length: int,
+                       n_first: int = 0) -> tuple[jax.Array, jax.Array]:
     """Logits of each sequence's current block decoded as under the dual cache: the block's rows are
     recomputed over every other row's keys and values from a pass with the block all masked.
 
+    The first `n_first` sequences take their prompt and later-answer rows from a pass with the whole
+    answer masked instead, as d2Cache keeps them from its first step (only the rows it selects are
+    recomputed: the block's masked rows and the rows decoded since).
     Returns (logits [B, block_length, V], the block's positions [B, block_length]; T where past the end).
     """
     t_len = n.noisy.shape[1]
     positions = positions_from_mask(n.key_mask)
     at_start = jnp.where(n.current, cfg.mask_token_id, n.noisy)
-    kv = jax.lax.stop_gradient(forward_rows(cfg, params, at_start, positions, n.key_mask).kv)
+    kv = forward_rows(cfg, params, at_start, positions, n.key_mask).kv
+    if n_first:
+        f = slice(0, n_first)
+        at_first = jnp.where(n.answer[f], cfg.mask_token_id, n.noisy[f])
+        kv0 = forward_rows(cfg, params, at_first, positions[f], n.key_mask[f]).kv
+        pos = jnp.arange(t_len)[None, :]
+        frozen = ((pos < n.block_start[f, None]) & ~n.answer[f]) | (pos >= n.block_start[f, None] + block_length)
+        pick = lambda a0, a: a.at[:, f].set(jnp.where(frozen[None, :, :, None, None], a0, a[:, f]))  # noqa: E731
+        kv = type(kv)(pick(kv0.k, kv.k), pick(kv0.v, kv.v))
+    kv = jax.lax.stop_gradient(kv)
     idx = n.block_start[:, None] + jnp.arange(block_length, dtype=jnp.int32)
     idx = jnp.where(idx < t_len, idx, t_len)
     hidden = forward_rows(cfg, params, n.noisy, positions, n.key_mask, q_idx=idx, kv=kv).hidden
@@ -182,10 +199,11 @@ def stale_block_logits(cfg: ModelConfig, params, n: Noised, block_length: int) -
 
 
 def diffusion_loss(cfg: ModelConfig, params, batch: dict, key: jax.Array, eps: float = 1e-3,
-                   block_mask: float = 0.0, block_length: int = 32, n_stale: int = 0):
+                   block_mask: float = 0.0, block_length: int = 32, n_stale: int = 0, n_first: int = 0):
     """LLaDA SFT loss of one batch (sum of masked CE / t / answer length, batch mean) and masked accuracy.
 
-    The first `n_stale` sequences are block-noised and scored on `stale_block_logits`.
+    The first `n_stale` sequences are block-noised and scored on `stale_block_logits` (the first
+    `n_first` of them with d2Cache's staleness).
     """
     tokens = batch["tokens"]
     n = add_noise(cfg, batch, key, eps, block_mask, block_length, n_block=n_stale)
@@ -198,7 +216,7 @@ def diffusion_loss(cfg: ModelConfig, params, batch: dict, key: jax.Array, eps: f
     scored = jnp.sum(fresh.masked)
     if n_stale:
         stale = jax.tree.map(lambda a: a[:n_stale], n)
-        s_logits, idx = stale_block_logits(cfg, params, stale, block_length)
+        s_logits, idx = stale_block_logits(cfg, params, stale, block_length, n_first)
         inside = idx < tokens.shape[1]
         s_tokens = gather_rows(tokens[:n_stale], idx)
         s_weight = jnp.where(inside, gather_rows(stale.weight, idx), 0.0)
@@ -219,13 +237,14 @@ def make_optimizer(lr: float, warmup: int, steps: int, weight_decay: float) -> o
                        optax.adamw(sched, b1=0.9, b2=0.98, weight_decay=weight_decay, mask=decay_mask))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=("block_mask", "block_length", "n_stale"),
-                   donate_argnums=(3,))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3,),
+                   static_argnames=("block_mask", "block_length", "n_stale", "n_first"))
 def train_step(cfg: ModelConfig, opt: optax.GradientTransformation, eps: float, state: dict, batch: dict,
-               key: jax.Array, block_mask: float = 0.0, block_length: int = 32, n_stale: int = 0):
+               key: jax.Array, block_mask: float = 0.0, block_length: int = 32, n_stale: int = 0,
+               n_first: int = 0):
     """One optimizer step: state {params, opt_state} -> (new state, metrics)."""
     (loss, acc), grads = jax.value_and_grad(
-        lambda p: diffusion_loss(cfg, p, batch, key, eps, block_mask, block_length, n_stale),
+        lambda p: diffusion_loss(cfg, p, batch, key, eps, block_mask, block_length, n_stale, n_first),
         has_aux=True)(state["params"])
     updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -308,7 +327,7 @@ def export(cfg: ModelConfig, params, out_dir: str, dtype: str, task="synthetic")
 
 def train(workdir: str, steps: int, *, seed: int = 0, batch_size: int = 32, lr: float = 3e-3,
           warmup: int = 50, weight_decay: float = 0.05, eps: float = 1e-3, block_mask: float = 0.0,
-          stale_kv: float = 0.0, max_trunc: int = 4,
+          stale_kv: float = 0.0, stale_first: float = 0.0, max_trunc: int = 4,
           model: dict | None = None, ckpt_every: int = 100, eval_every: int = 0, eval_n: int = 64,
           stop_after: int | None = None, progress: bool = True, task="synthetic") -> tuple[ModelConfig, dict]:
     """Train (or resume from `workdir`'s last checkpoint) up to `steps`; returns (config, params).
@@ -336,11 +355,13 @@ def train(workdir: str, steps: int, *, seed: int = 0, batch_size: int = 32, lr: 
     t0 = time.time()
     block_length = task_module(task).GENERATION_DEFAULTS["block_length"]
     n_stale = round(stale_kv * batch_size)
+    n_first = round(stale_first * n_stale)
     bar = tqdm(range(start, end), initial=start, total=steps, desc="train", disable=not progress)
     for step in bar:
         batch = jax.tree.map(jnp.asarray, train_batch(seed, step, batch_size, max_trunc, task))
         state, m = train_step(cfg, opt, eps, state, batch, jax.random.fold_in(noise_key, step),
-                              block_mask=block_mask, block_length=block_length, n_stale=n_stale)
+                              block_mask=block_mask, block_length=block_length, n_stale=n_stale,
+                              n_first=n_first)
         done = step + 1
         if done % 10 == 0 or done == end:
             m = {k: float(v) for k, v in m.items()}
@@ -366,7 +387,8 @@ def main(argv):
     t0 = time.time()
     cfg, params = train(FLAGS.workdir, FLAGS.steps, seed=FLAGS.seed, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
                         warmup=FLAGS.warmup, weight_decay=FLAGS.weight_decay, eps=FLAGS.eps,
-                        block_mask=FLAGS.block_mask, stale_kv=FLAGS.stale_kv, max_trunc=FLAGS.max_trunc, model=model,
+                        block_mask=FLAGS.block_mask, stale_kv=FLAGS.stale_kv,
+                        stale_first=FLAGS.stale_first, max_trunc=FLAGS.max_trunc, model=model,
                         ckpt_every=FLAGS.ckpt_every, eval_every=FLAGS.eval_every, eval_n=FLAGS.eval_n, task=FLAGS.task)
     res = evaluate(cfg, params, FLAGS.eval_n, task=FLAGS.task)
     print(json.dumps(dict(step=FLAGS.steps, final_eval=res, eval_n=FLAGS.eval_n,

@@ -174,7 +174,8 @@ def test_trainer_block_greedy_matches_generate():
 def test_stale_kv_training_scores_a_block_as_the_dual_cache_decodes_it():
     """--stale_kv: the first sequences' block logits are those of the dual cache's in-block step (its
     full pass at the block's start with the block all masked, then the block's rows over those frozen
-    states), which differ from a fresh full pass over the same canvas."""
+    states), which differ from a fresh full pass over the same canvas. --stale_first: the prompt and
+    suffix rows are instead those of the first step's pass over the all-masked answer (d2Cache's)."""
     from d2cache_jax import model
     from d2cache_jax.cache import prefix
     from d2cache_jax.generation.options import make_options
@@ -192,6 +193,7 @@ def test_stale_kv_training_scores_a_block_as_the_dual_cache_decodes_it():
     for seed in range(2):  # these two keys draw every block
         n = train_tiny.add_noise(cfg, batch, jax.random.key(seed), block_mask=0.0, block_length=bl, n_block=3)
         logits, idx = train_tiny.stale_block_logits(cfg, params, n, bl)
+        logits_first, _ = train_tiny.stale_block_logits(cfg, params, n, bl, n_first=3)
         for r in range(3):
             block = (int(n.block_start[r]) - p_len) // bl
             blocks.add(block)
@@ -201,12 +203,19 @@ def test_stale_kv_training_scores_a_block_as_the_dual_cache_decodes_it():
             at_start[:, p_len + block * bl:p_len + (block + 1) * bl] = cfg.mask_token_id
             state = init_state(cfg, opts, prompt, np.ones_like(prompt, bool),
                                prefix.init(cfg, opts, 1, p_len + g_len), jax.random.key(0))
+            first_kv = prefix.forward(cfg, opts, params, state).cache  # the all-masked answer's pass
             state = state.replace(tokens=jnp.asarray(at_start), block=jnp.int32(block))
             state = state.replace(cache=prefix.forward(cfg, opts, params, state).cache)  # the block's first step
-            later = prefix.forward(cfg, opts, params, state.replace(tokens=jnp.asarray(canvas),
-                                                                    block_step=jnp.int32(3)))
-            ref = model.head(params, cfg, later.hidden)
+            in_block = state.replace(tokens=jnp.asarray(canvas), block_step=jnp.int32(3))
+            ref = model.head(params, cfg, prefix.forward(cfg, opts, params, in_block).hidden)
             np.testing.assert_allclose(np.asarray(logits[r]), np.asarray(ref[0]), rtol=2e-4, atol=2e-4)
+            rows = np.arange(p_len + g_len)
+            old = jnp.asarray(((rows < p_len) | (rows >= p_len + (block + 1) * bl))[None, None, :, None, None])
+            mixed = jax.tree.map(lambda a0, a1, o=old: jnp.where(o, a0, a1), first_kv, state.cache)
+            ref_first = model.head(params, cfg, prefix.forward(cfg, opts, params, in_block.replace(cache=mixed)).hidden)
+            np.testing.assert_allclose(np.asarray(logits_first[r]), np.asarray(ref_first[0]), rtol=2e-4, atol=2e-4)
+            if block:  # block 0 starts from the all-masked answer: the two stalenesses coincide
+                assert np.abs(np.asarray(ref_first[0]) - np.asarray(ref[0])).max() > 1e-2
             fresh = model.forward(cfg, params, canvas)[0, p_len + block * bl:p_len + (block + 1) * bl]
             assert np.abs(np.asarray(fresh) - np.asarray(ref[0])).max() > 1e-2
     assert blocks == {0, 1, 2}
