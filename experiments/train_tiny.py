@@ -18,8 +18,8 @@ the canvas with that block all masked gives every layer's keys and values, and t
 then recomputed over those frozen states (no gradient through them), so the model learns not to
 need the masked suffix or the prefix refreshed within a block. `--stale_first=q` gives a share q of
 those sequences d2Cache's staleness: their prompt and masked suffix come from a pass with the whole
-answer masked (d2Cache's first step, after which it recomputes only the rows it selects). Data and noise are
-functions of (seed, step), so a run killed mid-way resumes from its last orbax checkpoint and ends
+answer masked (d2Cache's first step, after which it recomputes only the rows it selects). Data and
+noise are functions of (seed, step), so a run killed mid-way resumes from its last orbax checkpoint and ends
 with the same parameters as an uninterrupted one.
 """
 
@@ -189,8 +189,8 @@ def stale_block_logits(cfg: ModelConfig, params, n: Noised, block_length: int,
         kv0 = forward_rows(cfg, params, at_first, positions[f], n.key_mask[f]).kv
         pos = jnp.arange(t_len)[None, :]
         frozen = ((pos < n.block_start[f, None]) & ~n.answer[f]) | (pos >= n.block_start[f, None] + block_length)
-        pick = lambda a0, a: a.at[:, f].set(jnp.where(frozen[None, :, :, None, None], a0, a[:, f]))  # noqa: E731
-        kv = type(kv)(pick(kv0.k, kv.k), pick(kv0.v, kv.v))
+        kv = jax.tree.map(lambda a0, a: a.at[:, f].set(jnp.where(frozen[None, :, :, None, None], a0, a[:, f])),
+                          kv0, kv)
     kv = jax.lax.stop_gradient(kv)
     idx = n.block_start[:, None] + jnp.arange(block_length, dtype=jnp.int32)
     idx = jnp.where(idx < t_len, idx, t_len)
