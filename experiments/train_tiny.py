@@ -19,8 +19,8 @@ then recomputed over those frozen states (no gradient through them), so the mode
 need the masked suffix or the prefix refreshed within a block. `--stale_first=q` gives a share q of
 those sequences d2Cache's staleness: their prompt and masked suffix come from a pass with the whole
 answer masked (d2Cache's first step, after which it recomputes only the rows it selects). Data and
-noise are functions of (seed, step), so a run killed mid-way resumes from its last orbax checkpoint and ends
-with the same parameters as an uninterrupted one.
+noise are functions of (seed, step), so a run killed mid-way resumes from its last orbax checkpoint
+and ends with the same parameters as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -209,24 +209,22 @@ def diffusion_loss(cfg: ModelConfig, params, batch: dict, key: jax.Array, eps: f
     n = add_noise(cfg, batch, key, eps, block_mask, block_length, n_block=n_stale)
     fresh = jax.tree.map(lambda a: a[n_stale:], n)
     hidden = forward_rows(cfg, params, fresh.noisy, positions_from_mask(fresh.key_mask), fresh.key_mask).hidden
-    logits = head(params, cfg, hidden)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[n_stale:])
-    per_seq = jnp.sum(fresh.weight * ce, axis=1)
-    hits = jnp.sum((logits.argmax(-1) == tokens[n_stale:]) & fresh.masked)
-    scored = jnp.sum(fresh.masked)
+    per_seq, hits, scored = _score(head(params, cfg, hidden), tokens[n_stale:], fresh.weight, fresh.masked)
     if n_stale:
         stale = jax.tree.map(lambda a: a[:n_stale], n)
         s_logits, idx = stale_block_logits(cfg, params, stale, block_length, n_first)
         inside = idx < tokens.shape[1]
-        s_tokens = gather_rows(tokens[:n_stale], idx)
-        s_weight = jnp.where(inside, gather_rows(stale.weight, idx), 0.0)
-        s_masked = inside & gather_rows(stale.masked, idx)
-        s_ce = optax.softmax_cross_entropy_with_integer_labels(s_logits, s_tokens)
-        per_seq = jnp.concatenate([jnp.sum(s_weight * s_ce, axis=1), per_seq])
-        hits = hits + jnp.sum((s_logits.argmax(-1) == s_tokens) & s_masked)
-        scored = scored + jnp.sum(s_masked)
-    acc = hits / jnp.maximum(scored, 1)
-    return jnp.mean(per_seq), acc
+        s_per_seq, s_hits, s_scored = _score(s_logits, gather_rows(tokens[:n_stale], idx),
+                                             jnp.where(inside, gather_rows(stale.weight, idx), 0.0),
+                                             inside & gather_rows(stale.masked, idx))
+        per_seq, hits, scored = jnp.concatenate([s_per_seq, per_seq]), hits + s_hits, scored + s_scored
+    return jnp.mean(per_seq), hits / jnp.maximum(scored, 1)
+
+
+def _score(logits: jax.Array, targets: jax.Array, weight: jax.Array, masked: jax.Array):
+    """Per-sequence weighted CE, argmax hits on masked positions, and how many were masked."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return (jnp.sum(weight * ce, axis=1), jnp.sum((logits.argmax(-1) == targets) & masked), jnp.sum(masked))
 
 
 def make_optimizer(lr: float, warmup: int, steps: int, weight_decay: float) -> optax.GradientTransformation:
