@@ -18,10 +18,12 @@ from d2cache_jax.evaluation.tasks import trace as task
 ASSET = os.path.join(ASSETS_DIR, "tiny_trace")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Held-out floors (random weights: token accuracy about 0.05). On 200 items (docs/tiny_model.md): no
-# cache, vanilla 91% exact, token accuracy 96.4%; dual cache, vanilla 88%, 97.0% (the model before
-# training on frozen states: 49%, 79.0%); d2Cache (CP off) + threshold 53.5%, 78.9%.
-EXACT_FLOOR = {"none": 0.75, "dual": 0.25}
-TOKEN_ACC_FLOOR = {"none": 0.95, "dual": 0.95, "d2cache": 0.6}
+# cache, vanilla 98.5% exact, token accuracy 99.9%; dual cache, vanilla 93.5%, 98.7% (the model before
+# training on frozen states: 49%, 79.0%); d2Cache (CP on), vanilla 93.5%, 99.2%; d2Cache (CP off) +
+# threshold 74.0%, 91.5%. On the few items below: none 3/4 exact, token 0.989; dual 2/4, 0.974;
+# d2Cache vanilla 4/4, 1.0; d2Cache + threshold token 0.996.
+EXACT_FLOOR = {"none": 0.75, "dual": 0.25, "d2cache": 0.5}
+TOKEN_ACC_FLOOR = {"none": 0.95, "dual": 0.95, "d2cache": 0.95, "d2cache_threshold": 0.8}
 
 
 def _held_out(per_kind: int):
@@ -71,12 +73,18 @@ def test_dual_cache_vanilla_accuracy():
     assert exact >= EXACT_FLOOR["dual"] and tok >= TOKEN_ACC_FLOOR["dual"], (exact, tok)
 
 
+def test_d2cache_vanilla_accuracy():
+    """d2Cache (certainty prior on) keeps most rows from its first step; the model was trained for that."""
+    exact, tok = _accuracy(_held_out(2), **task.GENERATION_DEFAULTS, cache="d2cache", decoder="vanilla")
+    assert exact >= EXACT_FLOOR["d2cache"] and tok >= TOKEN_ACC_FLOOR["d2cache"], (exact, tok)
+
+
 def test_d2cache_parallel_decoding_token_accuracy():
     items = _held_out(3)
     # Certainty prior off: its confidence x density stays under the threshold (one token a step).
     opts = dict(task.GENERATION_DEFAULTS, cache="d2cache", decoder="threshold", threshold=0.9, sigma=0.0)
     _, acc = _accuracy(items, **opts)
-    assert acc >= TOKEN_ACC_FLOOR["d2cache"], acc
+    assert acc >= TOKEN_ACC_FLOOR["d2cache_threshold"], acc
 
 
 def _script(tmp_path, module: str, *args: str) -> subprocess.CompletedProcess:
