@@ -18,8 +18,8 @@ import shutil
 import numpy as np
 from absl import app, flags
 
-from d2cache_jax import checkpoint, files
-from d2cache_jax.cli import InputError, run
+from d2cache_jax import checkpoint, cli, files
+from d2cache_jax.cli import InputError
 
 OUT = flags.DEFINE_string("out", None, "Output directory (must not exist; written atomically).")
 DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32", "float16"], "dtype of the output weights.")
@@ -94,4 +94,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)
