@@ -15,6 +15,7 @@ import filecmp
 import os
 import shutil
 
+import jax
 import numpy as np
 from absl import app, flags
 
@@ -51,10 +52,9 @@ def average(inputs: list[str], out_dir: str, dtype: str = "bfloat16") -> str:
 
     total = None
     for path in inputs:
-        _, params = checkpoint.load(path, dtype="float32")
-        leaves = {k: np.asarray(v, np.float32) for k, v in _flat(params)}
-        total = leaves if total is None else {k: total[k] + leaves[k] for k in total}
-    mean = _unflat({k: v / len(inputs) for k, v in total.items()})
+        params = jax.tree.map(lambda v: np.asarray(v, np.float32), checkpoint.load(path, dtype="float32")[1])
+        total = params if total is None else jax.tree.map(np.add, total, params)
+    mean = jax.tree.map(lambda v: v / len(inputs), total)
 
     from d2cache_jax.hf.layout import export_hf
 
@@ -67,23 +67,6 @@ def average(inputs: list[str], out_dir: str, dtype: str = "bfloat16") -> str:
         for name in extras:
             shutil.copyfile(os.path.join(inputs[0], name), os.path.join(tmp, name))
     return out_dir
-
-
-def _flat(tree: dict, prefix: tuple = ()) -> list[tuple[tuple, object]]:
-    out = []
-    for k, v in tree.items():
-        out.extend(_flat(v, prefix + (k,)) if isinstance(v, dict) else [(prefix + (k,), v)])
-    return out
-
-
-def _unflat(leaves: dict[tuple, np.ndarray]) -> dict:
-    tree: dict = {}
-    for path, v in leaves.items():
-        node = tree
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return tree
 
 
 def main(argv: list[str]) -> None:
