@@ -15,7 +15,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from d2cache_jax.cli import InputError
@@ -43,22 +43,32 @@ def _chmod_default(path: str, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~umask())
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
+def write_with(path: str, writer: Callable[[str], None]) -> None:
+    """Have `writer` fill a temporary file in `path`'s folder, then rename it to `path` atomically: a
+    failed or interrupted write leaves `path` as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        writer(tmp)
         _chmod_default(tmp, directory=False)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    write_with(path, write)
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

@@ -23,15 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from d2cache_jax import cli, files, flops, model
 from d2cache_jax import config as config_lib
-from d2cache_jax import files, flops, model
 from d2cache_jax import params as params_lib
 from d2cache_jax.cache import d2cache, rollout
 from d2cache_jax.cache import dllm as dllm_cache
 from d2cache_jax.cache.base import StepInfo
 from d2cache_jax.config import ModelConfig
 from d2cache_jax.decoding.sampling import propose
-from d2cache_jax.generation import generate, make_options
+from d2cache_jax.generation import generate, make_options, option_values
 from d2cache_jax.generation import step as step_lib
 from d2cache_jax.generation.generate import lower, prepare
 from d2cache_jax.generation.options import GenOptions
@@ -73,10 +73,12 @@ CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Use this checkpoint instea
 METHODS = flags.DEFINE_list("methods", ["none", "prefix", "dual", "dllm", "d2cache"],
                             f"Methods to compare, of {', '.join(METHOD_OPTIONS)}.")
 DECODERS = flags.DEFINE_list("decoders", ["vanilla", "threshold"], "Decoders to compare.")
-GEN_LENGTH = flags.DEFINE_integer("gen_length", None, "Generated tokens (default: 256, or a trained preset's task's).")
-PROMPT_LEN = flags.DEFINE_integer("prompt_len", 128, "Prompt tokens (random ids; a trained preset uses its task's).")
-BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Batch size.")
-REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per configuration.")
+GEN_LENGTH = flags.DEFINE_integer("gen_length", None, "Generated tokens (default: 256, or a trained preset's task's).",
+                                  lower_bound=1)
+PROMPT_LEN = flags.DEFINE_integer("prompt_len", 128, "Prompt tokens (random ids; a trained preset uses its task's).",
+                                  lower_bound=1)
+BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Batch size.", lower_bound=1)
+REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per configuration.", lower_bound=1)
 DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Param dtype (default: fp32 on CPU presets).")
 SWEEP = flags.DEFINE_enum("sweep", None, ["gen_length", "batch_size"], "Cost growth sweep.")
 SWEEP_VALUES = flags.DEFINE_list("sweep_values", None, "Values of the sweep (default 64,128,256,512 / 1,2,4,8).")
@@ -84,13 +86,15 @@ OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the JSON document 
 PLOT = flags.DEFINE_string("plot", None, "With --sweep: draw time per token against the swept value (PNG).")
 EXTRA = flags.DEFINE_string("options", "{}", "JSON dict of extra generation options for every method.")
 PROFILE = flags.DEFINE_bool("profile", False, "Also time one step of each method by phase (timed sub-programs).")
-PROFILE_REPEATS = flags.DEFINE_integer("profile_repeats", 3, "Timed calls per profiled sub-program (median).")
+PROFILE_REPEATS = flags.DEFINE_integer("profile_repeats", 3, "Timed calls per profiled sub-program (median).",
+                                       lower_bound=1)
 COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Only lower and compile each cache x decoder program, with "
                                  "abstract params (nothing allocated): seconds and XLA's memory analysis.")
 MATMUL_CEILING = flags.DEFINE_bool(
     "matmul_ceiling", True, "Also time the model's own matmuls alone at each method's mean row counts (a "
     "ceiling that knows how fast this machine multiplies skinny matrices); needs a second copy of the layer weights.")
-LAYERS = flags.DEFINE_integer("layers", None, "Override the preset's number of layers (e.g. 8 vs 32 for compile time).")
+LAYERS = flags.DEFINE_integer("layers", None, "Override the preset's number of layers (e.g. 8 vs 32 for compile time).",
+                              lower_bound=1)
 
 
 def machine() -> dict:
@@ -134,11 +138,41 @@ def peak_memory() -> int | None:
 
 
 def run_options(method: str, decoder: str, gen_length: int, extra: dict) -> dict:
-    """Generation options of one cache x decoder (a block longer than gen_length becomes one block)."""
-    opts = {**METHOD_OPTIONS[method], **DECODER_OPTIONS[decoder], "gen_length": gen_length, **extra}
+    """Generation options of one cache x decoder, --options last. A method's own block (32) that does
+    not divide gen_length becomes one block; a block_length given in --options is kept as given."""
+    opts = {**METHOD_OPTIONS[method], **DECODER_OPTIONS[decoder], "gen_length": gen_length}
     if opts.get("block_length") and gen_length % opts["block_length"]:
         opts["block_length"] = gen_length
-    return opts
+    return {**opts, **extra}
+
+
+def extra_options(text: str) -> dict:
+    """--options: a JSON object of generation options, each checked as the generation flags are."""
+    try:
+        extra = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise app.UsageError(f"--options is not valid JSON: {e}") from e
+    if not isinstance(extra, dict):
+        raise app.UsageError(f"--options must be a JSON object of generation options, got {text}")
+    unknown = sorted(set(extra) - option_values.FIELD_NAMES)
+    if unknown:
+        raise app.UsageError(f"--options: unknown generation option(s) {', '.join(unknown)}")
+    for name, value in extra.items():
+        wrong = option_values.problem(name, value)
+        if wrong:
+            raise app.UsageError(f"--options: {name}={json.dumps(value)}: {wrong}")
+    return extra
+
+
+def sweep_values(values: list[str]) -> list[int]:
+    """--sweep_values: integers >= 1."""
+    try:
+        out = [int(v) for v in values]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise app.UsageError(f"--sweep_values must be integers >= 1, got {','.join(values)}")
+    return out
 
 
 def run_one(cfg, p, prompts, method: str, decoder: str, gen_length: int, repeats: int, extra: dict,
@@ -344,20 +378,24 @@ def main(argv):
     for d in DECODERS.value:
         if d not in DECODER_OPTIONS:
             raise app.UsageError(f"unknown decoder {d!r} in --decoders; known: {', '.join(DECODER_OPTIONS)}")
-    try:
-        extra = json.loads(EXTRA.value)
-    except json.JSONDecodeError as e:
-        raise app.UsageError(f"--options is not valid JSON: {e}") from e
+    extra = extra_options(EXTRA.value)
+    if SWEEP.value:
+        default = "64,128,256,512" if SWEEP.value == "gen_length" else "1,2,4,8"
+        values = sweep_values(SWEEP_VALUES.value or default.split(","))
     trained = PRESET.value in TRAINED_PRESETS and not CHECKPOINT.value
     dtype = DTYPE.value or ("float32" if PRESET.value.startswith("cpu") or trained else "bfloat16")
     workload = trained_workload(PRESET.value, BATCH_SIZE.value) if trained else None
     gen_length = GEN_LENGTH.value or (workload.gen_length if workload else 256)
     prompt_len = max(len(q) for q in workload.prompts) if workload else PROMPT_LEN.value
+    for m in METHODS.value:
+        for d in DECODERS.value:
+            try:
+                make_options(**run_options(m, d, gen_length, extra))
+            except (TypeError, ValueError) as e:
+                raise app.UsageError(f"{m} + {d} with --options={EXTRA.value}: {e}") from e
     if trained and (SWEEP.value or PROFILE.value or COMPILE_ONLY.value):
         raise app.UsageError(f"--preset={PRESET.value} runs its task's prompts; --sweep, --profile and "
                              "--compile_only take a random-weight preset")
-    if LAYERS.value is not None and LAYERS.value < 1:
-        raise app.UsageError(f"--layers must be at least 1, got {LAYERS.value}")
     if COMPILE_ONLY.value:
         cfg = model_config(dtype)
         doc = dict(preset=None if CHECKPOINT.value else PRESET.value, checkpoint=checkpoint_dir(),
@@ -387,8 +425,6 @@ def main(argv):
                machine=machine(), dtype=dtype, params=params_lib.num_params(cfg), scan_layers=model.is_scanned(p),
                prompt_len=prompt_len, mesh=mesh and dict(mesh.shape), **roofline(cfg, jnp.dtype(dtype), rows=t))
     if SWEEP.value:
-        default = "64,128,256,512" if SWEEP.value == "gen_length" else "1,2,4,8"
-        values = [int(v) for v in (SWEEP_VALUES.value or default.split(","))]
         doc["sweep"] = SWEEP.value
         doc["results"] = []
         for v in values:
@@ -436,10 +472,7 @@ def _ms(fn: Callable, *args: Any, repeats: int, stat: Callable = statistics.medi
 
 
 def _method_opts(method: str, gen_length: int, extra: dict) -> GenOptions:
-    opts = {**METHOD_OPTIONS[method], **DECODER_OPTIONS["vanilla"], "gen_length": gen_length, **extra}
-    if opts.get("block_length") and gen_length % opts["block_length"]:
-        opts["block_length"] = gen_length
-    return make_options(**opts)
+    return make_options(**run_options(method, "vanilla", gen_length, extra))
 
 
 def _later_rows(cfg: ModelConfig, opts: GenOptions, state: GenState) -> int:
@@ -568,10 +601,11 @@ def plot_sweep(doc: dict, path: str) -> None:
     ax.legend(fontsize=7)
     ax.set_title(f"cost growth ({doc.get('preset') or doc.get('checkpoint')})")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    try:
+        files.write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any
 
 from absl import app, flags
 
 from d2cache_jax.cli import InputError
 from d2cache_jax.decoding import DECODERS
+from d2cache_jax.generation import option_values
 from d2cache_jax.generation.options import CACHES, GenOptions, make_options
 
 _D = GenOptions()
@@ -70,39 +69,6 @@ def generation_options(defaults: dict[str, Any] | None = None) -> dict[str, Any]
     return opts
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _integer(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-SEED_MAX = 2**32 - 1  # jax.random.key keeps 32 bits without jax_enable_x64: larger seeds would collide
-# option -> (type check, range check, what is allowed); None is allowed where the option's default is None.
-_POS_INT = (_integer, lambda v: v >= 1, "an integer >= 1")
-_RULES: dict[str, tuple[Any, Any, str]] = {
-    "gen_length": _POS_INT, "steps": _POS_INT, "num_transfer_tokens": _POS_INT, "block_length": _POS_INT,
-    "kp": _POS_INT, "kr": _POS_INT, "current_k": _POS_INT, "capacity": _POS_INT,
-    "top_k": (_integer, lambda v: v >= 0, "an integer >= 0"),
-    "inflate_w": (_integer, lambda v: v >= 0, "an integer >= 0"),
-    "prompt_bucket": (_integer, lambda v: v >= 0, "an integer >= 0"),
-    "prompt_growth": (_number, lambda v: v >= 1, "a finite number >= 1"),
-    "seed": (_integer, lambda v: 0 <= v <= SEED_MAX, f"an integer in [0, {SEED_MAX}]"),
-    "threshold": (_number, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    "top_p": (_number, lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "rou": (_number, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    "rollout_p": (_number, lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "temperature": (_number, lambda v: v >= 0, "a finite number >= 0"),
-    "alg_temp": (_number, lambda v: v >= 0, "a finite number >= 0"),
-    "gamma": (_number, lambda v: v >= 0, "a finite number >= 0"),
-    "sigma": (_number, lambda v: v >= 0, "a finite number >= 0"),
-    "cfg_scale": (_number, lambda v: v >= 0, "a finite number >= 0"),
-    "factor": (_number, lambda v: v > 0, "a finite number > 0"),
-    "cache_sigma": (_number, lambda v: v > 0, "a finite number > 0"),
-}
-
-
 def _named(name: str, value: Any, source: str | None) -> str:
     """How an option is named in an error: the flag the user set, or the field of the defaults' source."""
     flag = next((f for f in _ALL if f.name == name), None)
@@ -115,12 +81,9 @@ def check_values(opts: dict[str, Any], source: str | None = None) -> None:
     """Every option's type and range (NaN and infinities are refused); InputError naming the flag, or
     the field of `source` (where defaults not set by a flag came from), and what is allowed."""
     for name, value in opts.items():
-        if name in _RULES and value is not None:
-            is_type, in_range, allowed = _RULES[name]
-            if not is_type(value) or not in_range(value):
-                raise InputError(f"{_named(name, value, source)}: must be {allowed}")
-        if name in _BOOLS and not isinstance(value, bool):
-            raise InputError(f"{_named(name, value, source)}: must be true or false")
+        wrong = option_values.problem(name, value)
+        if wrong:
+            raise InputError(f"{_named(name, value, source)}: {wrong}")
 
 
 def checked_options(defaults: dict[str, Any] | None = None, source: str | None = None) -> dict[str, Any]:
@@ -152,5 +115,4 @@ def check_context(cfg: Any, opts: dict[str, Any], prompt_tokens: int, checkpoint
                          f"context of {cfg.max_seq_len} tokens ({checkpoint}): use --gen_length <= {room}")
 
 
-FIELD_NAMES = {f.name for f in dataclasses.fields(GenOptions)}
-_BOOLS = ("stop_at_eos", "bf16_confidence", "upstream_compat")
+FIELD_NAMES = option_values.FIELD_NAMES

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from d2cache_jax import cli, files
 from d2cache_jax.evaluation import report
 
 RUNS = flags.DEFINE_multi_string("runs", None, "Run folders, parents of run folders, or glob patterns "
@@ -27,13 +28,16 @@ def main(argv):
     rows = report.table_rows(runs)
     table = report.markdown_table(rows)
     print(table, end="")
-    if TABLE.value:
-        with open(TABLE.value, "w", encoding="utf-8") as f:
-            f.write(table)
+    for flag, write in ((TABLE, lambda path: files.write_atomic(path, table)),
+                        (PLOT, lambda path: report.plot_accuracy_vs_throughput(rows, path))):
+        if flag.value:
+            try:
+                write(flag.value)
+            except OSError as e:
+                raise app.UsageError(f"--{flag.name}={flag.value}: cannot write there ({e.strerror})") from e
     if PLOT.value:
-        report.plot_accuracy_vs_throughput(rows, PLOT.value)
         print(f"plot: {PLOT.value}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from d2cache_jax import files
+from d2cache_jax import cli, files
 from d2cache_jax.config import ModelConfig, tiny_llada
 from d2cache_jax.evaluation.tasks import synthetic, trace
 from d2cache_jax.model import forward_rows, gather_rows, head, positions_from_mask
@@ -51,13 +51,13 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("task", "synthetic", sorted(TASKS), "Training task (a module of d2cache_jax.evaluation.tasks).")
 flags.DEFINE_string("workdir", "/tmp/tiny_arith", "Run directory (orbax checkpoints, metrics).")
 flags.DEFINE_string("export_dir", "", "If set, write the final model here in the LLaDA HF layout.")
-flags.DEFINE_string("export_dtype", "bfloat16", "dtype of the exported safetensors.")
-flags.DEFINE_integer("seed", 0, "Seed of init, data stream and masking noise.")
-flags.DEFINE_integer("steps", 500, "Optimizer steps.")
-flags.DEFINE_integer("batch_size", 32, "Sequences per step.")
+flags.DEFINE_enum("export_dtype", "bfloat16", ["bfloat16", "float32", "float16"], "dtype of the exported safetensors.")
+flags.DEFINE_integer("seed", 0, "Seed of init, data stream and masking noise.", lower_bound=0, upper_bound=2**31 - 2)
+flags.DEFINE_integer("steps", 500, "Optimizer steps.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Sequences per step.", lower_bound=1)
 flags.DEFINE_float("lr", 3e-3, "Peak learning rate.")
-flags.DEFINE_integer("warmup", 50, "Linear warmup steps.")
-flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay (matrices only).")
+flags.DEFINE_integer("warmup", 50, "Linear warmup steps.", lower_bound=0)
+flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay (matrices only).", lower_bound=0.0)
 flags.DEFINE_float("eps", 1e-3, "Lower bound of the mask ratio t.")
 flags.DEFINE_float("block_mask", 0.0, "Share of sequences noised block-wise (one block partly masked, the "
                    "rest of the answer masked), as semi-AR decoding sees them.", lower_bound=0.0, upper_bound=1.0)
@@ -65,14 +65,18 @@ flags.DEFINE_float("stale_kv", 0.0, "Share of each batch block-noised and decode
                    "block's start, as the dual cache decodes.", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float("stale_first", 0.0, "Share of the --stale_kv sequences whose prompt and masked suffix are "
                    "frozen since the whole answer was masked, as d2Cache keeps them.", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_integer("max_trunc", 4, "Drop up to this many trailing EOS slots per sequence (gen_length robustness).")
-flags.DEFINE_integer("d_model", 128, "Model width.")
-flags.DEFINE_integer("n_layers", 4, "Layers.")
-flags.DEFINE_integer("n_heads", 4, "Attention heads.")
-flags.DEFINE_integer("mlp_hidden", 512, "SwiGLU hidden size.")
-flags.DEFINE_integer("ckpt_every", 100, "Save an orbax checkpoint every this many steps.")
-flags.DEFINE_integer("eval_every", 200, "Greedy-decode eval every this many steps (0: never during training).")
-flags.DEFINE_integer("eval_n", 64, "Held-out items per eval.")
+flags.DEFINE_integer("max_trunc", 4, "Drop up to this many trailing EOS slots per sequence (gen_length robustness).",
+                     lower_bound=0)
+flags.DEFINE_integer("d_model", 128, "Model width.", lower_bound=1)
+flags.DEFINE_integer("n_layers", 4, "Layers.", lower_bound=1)
+flags.DEFINE_integer("n_heads", 4, "Attention heads.", lower_bound=1)
+flags.DEFINE_integer("mlp_hidden", 512, "SwiGLU hidden size.", lower_bound=1)
+flags.DEFINE_integer("ckpt_every", 100, "Save an orbax checkpoint every this many steps.", lower_bound=1)
+flags.DEFINE_integer("eval_every", 200, "Greedy-decode eval every this many steps (0: never during training).",
+                     lower_bound=0)
+flags.DEFINE_integer("eval_n", 64, "Held-out items per eval.", lower_bound=1)
+flags.register_validator("lr", lambda v: v > 0, "--lr must be > 0")
+flags.register_validator("eps", lambda v: 0 < v < 1, "--eps must be in (0, 1)")
 
 
 def task_module(task):
@@ -342,6 +346,10 @@ def train(workdir: str, steps: int, *, seed: int = 0, batch_size: int = 32, lr: 
     mgr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "ckpt")),
                                 options=ocp.CheckpointManagerOptions(max_to_keep=2))
     start = mgr.latest_step() or 0
+    if start > steps:
+        mgr.close()
+        raise cli.InputError(f"{workdir} holds a checkpoint at step {start}, past --steps={steps}: give "
+                             f"--steps >= {start}, or another --workdir")
     if start:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         state = mgr.restore(start, args=ocp.args.StandardRestore(abstract))
@@ -379,9 +387,19 @@ def train(workdir: str, steps: int, *, seed: int = 0, batch_size: int = 32, lr: 
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     model = dict(d_model=FLAGS.d_model, n_layers=FLAGS.n_layers, n_heads=FLAGS.n_heads,
                  mlp_hidden=FLAGS.mlp_hidden)
+    try:
+        model_config(**model, task=FLAGS.task)
+    except ValueError as e:
+        raise app.UsageError(f"--d_model/--n_heads: {e}") from e
+    if FLAGS.export_dir and os.path.exists(FLAGS.export_dir):
+        raise app.UsageError(f"--export_dir={FLAGS.export_dir} already exists (checked before training, "
+                             "so no run is lost to it)")
+    if os.path.isfile(FLAGS.workdir):
+        raise app.UsageError(f"--workdir={FLAGS.workdir} is a file, not a folder")
     t0 = time.time()
     cfg, params = train(FLAGS.workdir, FLAGS.steps, seed=FLAGS.seed, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
                         warmup=FLAGS.warmup, weight_decay=FLAGS.weight_decay, eps=FLAGS.eps,
@@ -397,4 +415,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -155,6 +155,35 @@ def test_bad_generation_flags(tmp_path):
     assert "use --gen_length <= 101" in results[-2][2] and "no chat template" in results[-1][2]
 
 
+def test_benchmark_report_and_trainer_flags(tmp_path):
+    """The benchmark, the report and the trainer refuse bad flags as generate does, before any work:
+    the trainer before training (a bad export dtype or an existing export folder would otherwise
+    surface only after the run)."""
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "file").write_text("x")
+    bench = ("experiments.benchmark", "--methods=dual", "--decoders=vanilla", "--gen_length=32")
+    train = ("experiments.train_tiny", f"--workdir={tmp_path / 'w'}", "--steps=1")
+    cases = [
+        (bench + ("--options=[1]",), "--options must be a JSON object"),
+        (bench + ('--options={"nope": 1}',), "--options: unknown generation option(s) nope"),
+        (bench + ('--options={"threshold": 2}',), "--options: threshold=2: must be a number in [0, 1]"),
+        (bench + ('--options={"block_length": 5}',), "gen_length=32 is not divisible by block_length=5"),
+        (bench + ("--batch_size=0",), "--batch_size=0"),
+        (bench + ("--sweep=gen_length", "--sweep_values=8,x"), "--sweep_values must be integers >= 1, got 8,x"),
+        (bench + (f"--checkpoint={tmp_path / 'exists'}",), "is neither a converted checkpoint"),
+        (("experiments.report", f"--runs={tmp_path / 'exists'}"), "no metrics.json here or below"),
+        (train + ("--export_dtype=int8",), "--export_dtype=int8"),
+        (train + (f"--export_dir={tmp_path / 'exists'}",), "already exists"),
+        (train + ("--n_heads=3",), "n_heads=3 does not divide d_model=128"),
+        (train + ("--lr=0",), "--lr must be > 0"),
+        (("experiments.train_tiny", f"--workdir={tmp_path / 'file'}"), "is a file, not a folder"),
+    ]
+    for (cmd, msg), res in zip(cases, run_all(*[c for c, _ in cases])):
+        assert_one_line(res, msg)
+        assert not res[1].strip(), cmd  # nothing run
+    assert not (tmp_path / "w").exists()
+
+
 _OPTION_CHECKS = """
 import re
 from d2cache_jax.cli import InputError

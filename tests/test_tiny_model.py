@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from d2cache_jax.cli import InputError
 from d2cache_jax.config import read_hf_config
 from d2cache_jax.evaluation.tasks import synthetic as task
 from experiments import train_tiny
@@ -44,6 +45,9 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     _, resumed = train_tiny.train(str(tmp_path / "b"), 4, **kw)
     for x, y in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # A run directory already past --steps is refused, not silently exported as the earlier step.
+    with pytest.raises(InputError, match="holds a checkpoint at step 4, past --steps=3"):
+        train_tiny.train(str(tmp_path / "b"), 3, **kw)
 
 
 def test_noise_masks_only_answer_tokens_at_rate_t():

@@ -23,8 +23,9 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from d2cache_jax import cli
 from d2cache_jax.config import ModelConfig
 from d2cache_jax.hf.layout import hf_config, key_map, shard_names, split_shards
 from d2cache_jax.hf.safetensors_io import DTYPES, write_safetensors
@@ -134,4 +135,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

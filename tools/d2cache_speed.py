@@ -15,8 +15,9 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from d2cache_jax import cli
 from d2cache_jax import config as config_lib
 from d2cache_jax import params as params_lib
 from d2cache_jax.generation.generate import prepare, step_fn
@@ -81,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

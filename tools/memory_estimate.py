@@ -12,6 +12,7 @@ import json
 
 from absl import app, flags
 
+from d2cache_jax import cli
 from d2cache_jax import config as config_lib
 from d2cache_jax.generation.options import CACHES
 
@@ -104,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -17,6 +17,7 @@ import sys
 
 from absl import app, flags
 
+from d2cache_jax import cli
 from d2cache_jax.evaluation.tasks.trace import KINDS
 
 OUT = flags.DEFINE_string("out", "runs/trace", "Parent folder of the run folders.")
@@ -85,4 +86,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

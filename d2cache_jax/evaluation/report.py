@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from d2cache_jax import files
 from d2cache_jax.evaluation import metrics as metrics_lib
 from d2cache_jax.evaluation.runner import METRICS_FILE, SAMPLES_FILE, read_samples
 
@@ -133,5 +134,7 @@ def plot_accuracy_vs_throughput(rows: Sequence[dict[str, Any]], path: str) -> No
     if tasks:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        files.write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
