@@ -24,6 +24,7 @@ def _run(tmp_path, *args):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_benchmark_json_schema(tmp_path):
     methods = [m for m in ("none", "prefix", "dual", "dllm", "d2cache") if m in METHODS]
     doc = _run(tmp_path, "--preset=cpu-small", f"--methods={','.join(methods)}", "--decoders=vanilla,threshold",
@@ -59,6 +60,7 @@ def test_benchmark_json_schema(tmp_path):
     assert mm["rows"][-1] == 40 and len(mm["layers_ms"]) == len(mm["head_ms"]) == len(mm["rows"])
 
 
+@pytest.mark.slow
 def test_benchmark_profile_schema(tmp_path):
     methods = [m for m in ("none", "prefix", "dual", "dllm", "d2cache") if m in METHODS]
     doc = _run(tmp_path, "--preset=cpu-small", f"--methods={','.join(methods)}", "--decoders=vanilla",
@@ -173,6 +175,7 @@ def test_benchmark_sweep_and_bad_flags(tmp_path):
     assert proc.returncode != 0 and "unknown method 'bogus'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_compile_only_allocates_no_weights(tmp_path):
     """`--compile_only` lowers and compiles on abstract params: at LLaDA-8B's width (two layers,
     2.8 GB of bf16 weights) the process never holds the weights, and every program reports its

@@ -61,7 +61,7 @@ def test_modules_match_a_layer_by_layer_statement(family):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("family", ["llada", pytest.param("dream", marks=pytest.mark.slow)])
 def test_per_layer_layout_generates_the_same_tokens(family):
     """`unstack_layers` (one buffer per layer, a Python loop over the layers) runs every cache to the
     same tokens and commit steps as the scanned stack, and converts back exactly."""

@@ -156,6 +156,7 @@ def test_block_noise_is_the_state_a_block_decoder_sees():
     assert abs(np.asarray(u.masked).sum() / np.asarray(u.answer).sum() - np.asarray(u.t).mean()) < 0.05
 
 
+@pytest.mark.slow
 def test_trainer_block_greedy_matches_generate():
     """The trainer's held-out check decodes in the task's blocks: same tokens as `d2cache_jax.generate`
     (no cache, vanilla, block 32), an independent implementation of semi-AR low-confidence decoding."""
@@ -171,6 +172,7 @@ def test_trainer_block_greedy_matches_generate():
         np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs)[:len(mine)])
 
 
+@pytest.mark.slow
 def test_stale_kv_training_scores_a_block_as_the_dual_cache_decodes_it():
     """--stale_kv: the first sequences' block logits are those of the dual cache's in-block step (its
     full pass at the block's start with the block all masked, then the block's rows over those frozen
