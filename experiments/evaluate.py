@@ -65,7 +65,11 @@ def validate_flags() -> tuple[Task, tuple[int, int]]:
         raise app.UsageError("--output_dir is required")
     if CHECKPOINT.value is None and task.default_checkpoint:
         flags.FLAGS.checkpoint = os.path.join(cli.ASSETS_DIR, task.default_checkpoint)
-    if not CHECKPOINT.value or not os.path.isdir(CHECKPOINT.value):
+    if not CHECKPOINT.value:
+        shipped = ", ".join(sorted(n for n in task_names() if get_task(n).default_checkpoint))
+        raise app.UsageError(f"--checkpoint is required for task {task.name!r} (a checkpoint directory; only "
+                             f"{shipped} default to a shipped model)")
+    if not os.path.isdir(CHECKPOINT.value):
         raise app.UsageError(f"--checkpoint must be a checkpoint directory, got {CHECKPOINT.value!r}")
     if DATA.value is None and task.needs_data:
         hint = f" ({task.data_hint})" if task.data_hint else ""

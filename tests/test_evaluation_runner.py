@@ -200,6 +200,9 @@ def test_cli_flag_errors_are_clear(tmp_path):
     assert done.returncode != 0 and "shard '3/2'" in done.stderr
     done = run_cli("--task=gsm8k", f"--output_dir={tmp_path}", f"--checkpoint={tmp_path / 'missing'}")
     assert done.returncode != 0 and "--checkpoint must be a checkpoint directory" in done.stderr
+    done = run_cli("--task=gsm8k", f"--output_dir={tmp_path}")
+    assert done.returncode == 2 and "--checkpoint is required for task 'gsm8k'" in done.stderr
+    assert "synthetic, trace default to a shipped model" in done.stderr
     done = run_cli("--task=mbpp", f"--output_dir={tmp_path}", f"--checkpoint={tmp_path}",
                    f"--data={fixture('gsm8k_test.jsonl')}")
     assert done.returncode != 0 and "record 0 lacks ['text', 'test_list']" in done.stderr
