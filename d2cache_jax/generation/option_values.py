@@ -48,12 +48,10 @@ RULES: dict[str, tuple[Any, Any, str]] = {
 
 def problem(name: str, value: Any) -> str | None:
     """What is wrong with one option's value ("must be ..."), or None if it is allowed."""
-    if value is None:
-        return None
-    if name in RULES:
+    if name in BOOLS:
+        return None if isinstance(value, bool) else "must be true or false"
+    if name in RULES and value is not None:
         is_type, in_range, allowed = RULES[name]
         if not is_type(value) or not in_range(value):
             return f"must be {allowed}"
-    if name in BOOLS and not isinstance(value, bool):
-        return "must be true or false"
     return None
