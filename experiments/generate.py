@@ -33,16 +33,19 @@ GENERATION_DEFAULTS = "d2cache_generation.json"
 
 def model_defaults(checkpoint: str) -> dict:
     """Generation defaults a checkpoint ships in `d2cache_generation.json` (the tiny model does); a bad
-    file is an InputError naming it. Unknown keys are ignored; values are checked with the flags'."""
+    file is an InputError naming it. Every key must be a generation option (a misspelt one would
+    otherwise be dropped unseen); values are checked with the flags'."""
     path = os.path.join(checkpoint, GENERATION_DEFAULTS)
     if not os.path.exists(path):
         return {}
     raw = read_json(path)
     if not isinstance(raw, dict):
         raise InputError(f"{path}: must hold a JSON object of generation options, got a JSON {type(raw).__name__}")
-    out = {k: v for k, v in raw.items() if k in flags_common.FIELD_NAMES}
-    flags_common.check_values(out, path)
-    return out
+    unknown = sorted(set(raw) - flags_common.FIELD_NAMES)
+    if unknown:
+        raise InputError(f"{path}: unknown generation option(s) {', '.join(unknown)}")
+    flags_common.check_values(raw, path)
+    return raw
 
 
 def check_output_path(path: str | None, flag: str = "--output_json") -> None:

@@ -125,7 +125,8 @@ def test_unreadable_config_and_missing_tokenizer(tmp_path):
 
 def test_bad_generation_defaults_file(tmp_path):
     cases = [("{", "not a readable JSON file"), ("[32]", "must hold a JSON object of generation options"),
-             ('{"gen_length": "abc"}', "gen_length='abc' in "), ('{"threshold": 2}', "threshold=2 in ")]
+             ('{"gen_length": "abc"}', "gen_length='abc' in "), ('{"threshold": 2}', "threshold=2 in "),
+             ('{"gen_lenght": 32}', "unknown generation option(s) gen_lenght")]
     dirs = []
     for i, (text, _) in enumerate(cases):
         dirs.append(model_copy(tmp_path, f"m{i}"))
