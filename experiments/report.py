@@ -27,6 +27,9 @@ def main(argv):
         raise app.UsageError(str(e)) from e
     rows = report.table_rows(runs)
     table = report.markdown_table(rows)
+    pairs = report.paired_table(report.paired_rows(runs))
+    if pairs:
+        table += "\nEach cached run against the no-cache run with the same decoder, item by item:\n\n" + pairs
     print(table, end="")
     for flag, write in ((TABLE, lambda path: files.write_atomic(path, table)),
                         (PLOT, lambda path: report.plot_accuracy_vs_throughput(rows, path))):

@@ -56,3 +56,31 @@ def test_shards_of_one_run_are_merged(tmp_path):
 def test_missing_run_folder_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         report.find_runs([str(tmp_path)])
+
+
+@pytest.mark.parametrize("lost, gained", [(0, 0), (4, 1), (1, 4), (3, 0), (12, 4), (35, 6), (10, 10)])
+def test_exact_mcnemar_matches_scipy_binomial_test(lost, gained):
+    from scipy.stats import binomtest
+
+    from d2cache_jax.evaluation.paired import exact_mcnemar
+
+    want = 1.0 if lost + gained == 0 else binomtest(min(lost, gained), lost + gained, 0.5).pvalue
+    assert exact_mcnemar(lost, gained) == pytest.approx(want, rel=1e-12)
+
+
+def test_runs_are_paired_with_the_no_cache_run_item_by_item(tmp_path):
+    """Each cached run is compared with the no-cache run of its decoder on the items both answered."""
+    make_run(tmp_path / "none", "none", 1.0, lambda i: i != 0)
+    make_run(tmp_path / "dual", "dual", 0.5, lambda i: i != 2)
+    make_run(tmp_path / "d2cache", "d2cache", 0.5, lambda i: i == 0)
+    runs = report.merge_shards([report.load_run(p) for p in report.find_runs([str(tmp_path)])])
+    rows = {r["method"]: r for r in report.paired_rows(runs)}
+    assert set(rows) == {"dual", "d2cache"}  # the baseline is not compared with itself
+    # none right on items 1, 2; dual right on 0, 1; d2cache right on 0 only.
+    assert (rows["dual"]["lost"], rows["dual"]["gained"], rows["dual"]["n"]) == (1, 1, 3)
+    assert (rows["d2cache"]["lost"], rows["d2cache"]["gained"]) == (2, 1)
+    assert rows["d2cache"]["p"] == pytest.approx(1.0) and rows["dual"]["baseline"] == "none"
+    done = subprocess.run([sys.executable, "-m", "experiments.report", f"--runs={tmp_path}", "--plot="],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| gsm8k | d2cache | none | 2 | 1 | 3 | 1 |" in done.stdout

@@ -15,6 +15,7 @@ from typing import Any
 
 from d2cache_jax import files
 from d2cache_jax.evaluation import metrics as metrics_lib
+from d2cache_jax.evaluation import paired
 from d2cache_jax.evaluation.runner import METRICS_FILE, SAMPLES_FILE, read_samples
 
 
@@ -93,6 +94,57 @@ def table_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "forward_passes": run.get("forward_passes"), "latency_s": run.get("latency_s"),
             "num_samples": run.get("num_samples"), "path": run["path"]})
     return rows
+
+
+_DECODER_PARAM = {"threshold": "threshold", "factor": "factor", "eb": "gamma"}
+
+
+def _decoding_key(run: dict[str, Any]) -> str:
+    """What must match for two runs to be paired: task, model, items and decoder (not the cache)."""
+    config = run.get("config", {})
+    generation = config.get("generation", {})
+    decoder = generation.get("decoder", "vanilla")
+    keep = {"task": config.get("task"), "checkpoint": config.get("checkpoint"), "data": config.get("data"),
+            "decoder": decoder, "param": generation.get(_DECODER_PARAM.get(decoder, ""), None),
+            **{k: generation.get(k) for k in ("gen_length", "temperature", "seed")}}
+    return json.dumps(keep, sort_keys=True)
+
+
+def _records(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run's sample records (a merged run's `path` lists its shards' folders)."""
+    return [r for path in run["path"].split(", ") for r in read_samples(os.path.join(path, SAMPLES_FILE))]
+
+
+def paired_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each cached run against the no-cache run with the same task, model and decoder, item by item
+    (`paired.compare`); runs without such a baseline are left out."""
+    baselines = {}
+    for run in runs:
+        if run.get("config", {}).get("generation", {}).get("cache", "none") == "none":
+            baselines.setdefault(_decoding_key(run), run)
+    rows = []
+    for run in runs:
+        base = baselines.get(_decoding_key(run))
+        if base is None or base is run:
+            continue
+        result = paired.compare(_records(base), _records(run))
+        rows.append({"task": run.get("config", {}).get("task"),
+                     "method": run.get("config", {}).get("method") or os.path.basename(run["path"]),
+                     "baseline": base.get("config", {}).get("method") or os.path.basename(base["path"]),
+                     **result._asdict()})
+    return rows
+
+
+def paired_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The paired comparisons as a Markdown table ('' when there are none)."""
+    if not rows:
+        return ""
+    lines = ["| task | method | baseline | right only in baseline | right only in method | items | exact McNemar p |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['method']} | {r['baseline']} | {r['lost']} | {r['gained']} | {r['n']} | "
+                     f"{r['p']:.3g} |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value: Any, spec: str) -> str:
