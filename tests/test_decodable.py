@@ -80,8 +80,10 @@ def test_needed_rows_get_their_argmax_and_confidence(guidance, every_bucket):
     np.testing.assert_allclose(np.asarray(prop.conf)[need], probs.max(-1)[need], rtol=2e-5)
 
 
-@pytest.mark.parametrize("family", ["llada", "dream"])
-@pytest.mark.parametrize("cache, extra", [("none", {}), ("dual", dict(block_length=8)), ("d2cache", {})])
+@pytest.mark.parametrize("family, cache, extra", [
+    pytest.param(family, cache, extra, marks=pytest.mark.slow if (family, cache) == ("dream", "d2cache") else ())
+    for cache, extra in (("none", {}), ("dual", dict(block_length=8)), ("d2cache", {}))
+    for family in ("llada", "dream")])
 def test_generation_heads_only_masked_rows(family, cache, extra, every_bucket):
     """Vanilla decoding commits one token per step, so before step s the block holds m_s masked
     positions (known from the commit order) and the step's head runs the smallest bucket >= m_s.

@@ -69,7 +69,8 @@ def test_compat_keeps_the_mask_id_in_the_softmax():
 # --- d2Cache capacity covers inflation ----------------------------------------------------------------
 
 @pytest.mark.parametrize("family,prompt_len,gen_length",
-                         [("llada", 1024, 256), pytest.param("dream", 1000, 512, marks=pytest.mark.slow)])
+                         [pytest.param("llada", 1024, 256, marks=pytest.mark.slow),
+                          pytest.param("dream", 1000, 512, marks=pytest.mark.slow)])
 def test_d2cache_defaults_never_overflow_at_instruct_sizes(family, prompt_len, gen_length):
     """Instruct settings (prompt up to 1024, gen 256/512, block 32) with d2Cache's defaults: no row the
     rules choose is ever dropped. Random weights attend almost uniformly, so stage 2's nucleus is wide
