@@ -48,6 +48,8 @@ def convert(hf_dir: str, out: str, family: str | None = None, dtype: str | None 
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise CheckpointError(f"--out={out}: {parent} is not a directory")
     files_lib.check_partials(parent, clean_partial)
+    if not os.path.isdir(hf_dir):
+        raise CheckpointError(f"--hf_dir={hf_dir} is not a directory")
     src = inspect_hf(hf_dir, family, dtype)
     source = {"hf_dir": os.path.abspath(hf_dir), "files": [os.path.basename(f) for f, _ in src.shards]}
     write_converted(src.cfg, iter_params(src), out, tokenizer_files(hf_dir), source, clean_partial)
@@ -85,3 +87,8 @@ def run(family: str) -> None:
     """Entry point of `python -m checkpoints_convert.<family>`."""
     _define_flags()
     cli.run(lambda argv: main(argv, family))
+
+
+if __name__ == "__main__":
+    cli.fail("checkpoints_convert.convert is the converters' library: run python -m checkpoints_convert.llada "
+             "or python -m checkpoints_convert.dream")

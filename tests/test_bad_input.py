@@ -156,6 +156,14 @@ def test_bad_generation_flags(tmp_path):
     assert "use --gen_length <= 101" in results[-2][2] and "no chat template" in results[-1][2]
 
 
+def test_converter_entry_points_name_the_problem(tmp_path):
+    results = run_all(("checkpoints_convert.convert",),
+                      ("checkpoints_convert.llada", f"--hf_dir={tmp_path / 'nope'}", f"--out={tmp_path / 'o'}"))
+    assert_one_line(results[0], "run python -m checkpoints_convert.llada")
+    assert_one_line(results[1], f"--hf_dir={tmp_path / 'nope'} is not a directory")
+    assert not (tmp_path / "o").exists()
+
+
 def test_benchmark_report_and_trainer_flags(tmp_path):
     """The benchmark, the report and the trainer refuse bad flags as generate does, before any work:
     the trainer before training (a bad export dtype or an existing export folder would otherwise
