@@ -122,12 +122,15 @@ def paired_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for run in runs:
         if run.get("config", {}).get("generation", {}).get("cache", "none") == "none":
             baselines.setdefault(_decoding_key(run), run)
+    base_records: dict[str, list[dict[str, Any]]] = {}  # each baseline's samples read once
     rows = []
     for run in runs:
         base = baselines.get(_decoding_key(run))
         if base is None or base is run:
             continue
-        result = paired.compare(_records(base), _records(run))
+        if base["path"] not in base_records:
+            base_records[base["path"]] = _records(base)
+        result = paired.compare(base_records[base["path"]], _records(run))
         rows.append({"task": run.get("config", {}).get("task"),
                      "method": run.get("config", {}).get("method") or os.path.basename(run["path"]),
                      "baseline": base.get("config", {}).get("method") or os.path.basename(base["path"]),
