@@ -162,7 +162,10 @@ class Attention(nnx.Module):
         return rope(q, pos, theta), rope(k, pos, theta), self.values(h)
 
     def out(self, o: jax.Array) -> jax.Array:
-        return jnp.einsum("bqnh,nhd->bqd", o, self.wo[...])
+        """o [B,Q,H,hd] -> [B,Q,d]. Heads are flattened on both sides first: contracting over (H, hd)
+        as two axes let XLA's CPU layout pass transpose the [H, hd, d] weight at every call."""
+        wo = self.wo[...]
+        return jnp.einsum("bqc,cd->bqd", o.reshape(o.shape[:2] + (-1,)), wo.reshape(-1, wo.shape[-1]))
 
 
 class MLP(nnx.Module):

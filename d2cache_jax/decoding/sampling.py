@@ -21,6 +21,30 @@ class Proposal(NamedTuple):
     entropy: jax.Array  # [..] float32 (used by the EB sampler)
 
 
+def first_argmax(x: jax.Array, chunk: int = 128) -> jax.Array:
+    """`jnp.argmax(x, axis=-1)` (first maximum; a NaN counts as the maximum), in two passes over
+    lanes of `chunk` columns: the max of each chunk, then the first winning chunk's 128 columns.
+    XLA's CPU backend runs argmax's (value, index) reduction unvectorised: 9 ms for 32 rows of
+    LLaDA's 126464 logits against under 1 ms this way."""
+    v = x.shape[-1]
+    pad = (-v) % chunk
+    if pad:
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)], constant_values=-jnp.inf)
+    lanes = x.reshape(x.shape[:-1] + (-1, chunk))
+
+    def first(hit: jax.Array) -> jax.Array:
+        n = hit.shape[-1]
+        return jnp.min(jnp.where(hit, jax.lax.broadcasted_iota(jnp.int32, hit.shape, hit.ndim - 1), n), axis=-1)
+
+    chunk_max = jnp.max(lanes, axis=-1)
+    chunk_nan = jnp.isnan(lanes).any(axis=-1)  # XLA's vectorised max may drop a NaN
+    has_nan = chunk_nan.any(axis=-1, keepdims=True)
+    best = jnp.max(chunk_max, axis=-1, keepdims=True)
+    c = first(jnp.where(has_nan, chunk_nan, chunk_max == best))
+    lane = jnp.take_along_axis(lanes, c[..., None, None], axis=-2)[..., 0, :]
+    return c * chunk + first(jnp.where(has_nan, jnp.isnan(lane), lane == best))
+
+
 def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
     """Nucleus filter: keep the smallest sorted prefix whose mass reaches top_p (top-1 always kept)."""
     order = jnp.argsort(-logits, axis=-1)
@@ -70,7 +94,7 @@ def propose(logits: jax.Array, rng: jax.Array, *, mask_id: int, temperature: flo
     if temperature > 0 and gumbel:
         wide = jnp.float64 if jax.config.jax_enable_x64 else F32
         u = jax.random.uniform(k_tok, logits.shape, dtype=wide, minval=jnp.finfo(wide).tiny)
-        gumbel_token = jnp.argmax(logits.astype(wide) - jnp.log(-jnp.log(u)), axis=-1)
+        gumbel_token = first_argmax(logits.astype(wide) - jnp.log(-jnp.log(u)))
         # Confidences from the untempered distribution, over the tokens the filters kept.
         filtered = (top_p is not None and top_p < 1.0) or (top_k is not None and top_k > 0)
         logits = jnp.where(logits == NEG, NEG, raw) if filtered else raw
@@ -84,7 +108,7 @@ def propose(logits: jax.Array, rng: jax.Array, *, mask_id: int, temperature: flo
     elif temperature > 0:
         token = jax.random.categorical(k_tok, logits, axis=-1)
     else:
-        token = jnp.argmax(probs if bf16_confidence else logits, axis=-1)
+        token = first_argmax(probs if bf16_confidence else logits)
     token = token.astype(jnp.int32)
     if bf16_confidence:
         p_tok = jnp.take_along_axis(probs, token[..., None], axis=-1)[..., 0]
