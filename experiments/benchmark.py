@@ -258,11 +258,11 @@ def _layer_matmuls(cfg: ModelConfig, layers: list, x: jax.Array) -> jax.Array:
     """Every layer's projections and MLP on rows x [B, R, d], nothing else (no attention, norms, RoPE)."""
     for w in layers:
         a, m = w["attn"], w["mlp"]
-        qkv = [jnp.einsum("bsd,dnh->bsnh", x, a[k]) for k in ("wq", "wk", "wv")]
+        qkv = [model.dense(x, a[k]) for k in ("wq", "wk", "wv")]
         heads = qkv[0] + jnp.repeat(qkv[1] + qkv[2], cfg.n_heads // cfg.n_kv_heads, axis=2)
-        x = x + 1e-3 * jnp.einsum("bqnh,nhd->bqd", heads, a["wo"])
-        h = jax.nn.silu(jnp.einsum("bsd,df->bsf", x, m["w_gate"])) * jnp.einsum("bsd,df->bsf", x, m["w_up"])
-        x = x + 1e-3 * jnp.einsum("bsf,fd->bsd", h, m["w_down"])
+        x = x + 1e-3 * model.dense(heads, a["wo"], n_in=2)
+        h = jax.nn.silu(model.dense(x, m["w_gate"])) * model.dense(x, m["w_up"])
+        x = x + 1e-3 * model.dense(h, m["w_down"])
     return x
 
 
@@ -272,7 +272,7 @@ def matmul_times(cfg: ModelConfig, p: dict, batch: int, total_len: int, repeats:
     layers = model.unstack_layers(p)["layers"]
     grid = sorted({r for r in (1, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512) if r < total_len} | {total_len})
     lay = jax.jit(lambda ws, x: _layer_matmuls(cfg, ws, x))
-    hd = jax.jit(lambda p, x: jnp.einsum("bsd,dv->bsv", x, p["lm_head"], preferred_element_type=jnp.float32))
+    hd = jax.jit(lambda p, x: model.dense(x, p["lm_head"], out_dtype=jnp.float32))
     dt = model.dtype_of(cfg)
     out = dict(rows=grid, layers_ms=[], head_ms=[])
     for r in grid:
