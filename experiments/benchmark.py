@@ -37,7 +37,7 @@ from d2cache_jax.generation.generate import lower, prepare
 from d2cache_jax.generation.options import GenOptions
 from d2cache_jax.generation.state import GenState
 from d2cache_jax.generation.step import propose_kw
-from experiments import distributed
+from experiments import distributed, op_profile
 
 PRESETS = {
     "cpu-small": lambda: config_lib.tiny_llada(vocab_size=4096).replace(
@@ -86,6 +86,8 @@ OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the JSON document 
 PLOT = flags.DEFINE_string("plot", None, "With --sweep: draw time per token against the swept value (PNG).")
 EXTRA = flags.DEFINE_string("options", "{}", "JSON dict of extra generation options for every method.")
 PROFILE = flags.DEFINE_bool("profile", False, "Also time one step of each method by phase (timed sub-programs).")
+OP_PROFILE = flags.DEFINE_bool("op_profile", False, "Also record each method's partial step under jax.profiler "
+                                "and list its compiled ops by time (experiments/op_profile.py).")
 PROFILE_REPEATS = flags.DEFINE_integer("profile_repeats", 5, "Timed calls per profiled sub-program (the "
                                        "fastest is kept).", lower_bound=1)
 COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Only lower and compile each cache x decoder program, with "
@@ -393,9 +395,9 @@ def main(argv):
                 make_options(**run_options(m, d, gen_length, extra))
             except (TypeError, ValueError) as e:
                 raise app.UsageError(f"{m} + {d} with --options={EXTRA.value}: {e}") from e
-    if trained and (SWEEP.value or PROFILE.value or COMPILE_ONLY.value):
-        raise app.UsageError(f"--preset={PRESET.value} runs its task's prompts; --sweep, --profile and "
-                             "--compile_only take a random-weight preset")
+    if trained and (SWEEP.value or PROFILE.value or OP_PROFILE.value or COMPILE_ONLY.value):
+        raise app.UsageError(f"--preset={PRESET.value} runs its task's prompts; --sweep, --profile, --op_profile "
+                             "and --compile_only take a random-weight preset")
     if COMPILE_ONLY.value:
         cfg = model_config(dtype)
         doc = dict(preset=None if CHECKPOINT.value else PRESET.value, checkpoint=checkpoint_dir(),
@@ -449,6 +451,9 @@ def main(argv):
         if PROFILE.value:
             doc["profile"] = profile_all(cfg, p, METHODS.value, gen_length, prompt_len,
                                          BATCH_SIZE.value, PROFILE_REPEATS.value, extra)
+        if OP_PROFILE.value:
+            doc["op_profile"] = op_profile_all(cfg, p, METHODS.value, gen_length, prompt_len, BATCH_SIZE.value,
+                                               PROFILE_REPEATS.value, extra)
     text = json.dumps(doc, indent=1)
     print(text)
     if OUTPUT_JSON.value:
@@ -581,6 +586,22 @@ def profile_all(cfg: ModelConfig, p: dict, methods: list[str], gen_length: int, 
         r = profile_method(cfg, p, prompts, m, gen_length, repeats, extra)
         print(json.dumps(r), flush=True)
         out.append(r)
+    return out
+
+
+def op_profile_all(cfg: ModelConfig, p: dict, methods: list[str], gen_length: int, prompt_len: int,
+                   batch_size: int, calls: int, extra: dict) -> list[dict]:
+    """Each method's second step (its first partial one, as `--profile` times) op by op."""
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(0, min(cfg.vocab_size, cfg.mask_token_id), prompt_len)) for _ in range(batch_size)]
+    out = []
+    for m in methods:
+        opts = _method_opts(m, gen_length, extra)
+        sopts = dataclasses.replace(opts, seed=0, loop="device", prompt_bucket=0)
+        s1 = _STEP(cfg, sopts, p, prepare(cfg, prompts, opts))
+        prof = op_profile.profile(_STEP, cfg, sopts, p, s1, calls=calls)
+        print(op_profile.summary(m, prof), flush=True)
+        out.append(dict(method=m, **prof))
     return out
 
 
