@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from d2cache_jax import cli, files, flops, model
+from d2cache_jax import cli, files, flops, model, op_profile
 from d2cache_jax import config as config_lib
 from d2cache_jax import params as params_lib
 from d2cache_jax.cache import d2cache, rollout
@@ -37,7 +37,7 @@ from d2cache_jax.generation.generate import lower, prepare
 from d2cache_jax.generation.options import GenOptions
 from d2cache_jax.generation.state import GenState
 from d2cache_jax.generation.step import propose_kw
-from experiments import distributed, op_profile
+from experiments import distributed
 
 PRESETS = {
     "cpu-small": lambda: config_lib.tiny_llada(vocab_size=4096).replace(
@@ -87,7 +87,7 @@ PLOT = flags.DEFINE_string("plot", None, "With --sweep: draw time per token agai
 EXTRA = flags.DEFINE_string("options", "{}", "JSON dict of extra generation options for every method.")
 PROFILE = flags.DEFINE_bool("profile", False, "Also time one step of each method by phase (timed sub-programs).")
 OP_PROFILE = flags.DEFINE_bool("op_profile", False, "Also record each method's partial step under jax.profiler "
-                                "and list its compiled ops by time (experiments/op_profile.py).")
+                                "and list its compiled ops by time (d2cache_jax/op_profile.py).")
 PROFILE_REPEATS = flags.DEFINE_integer("profile_repeats", 5, "Timed calls per profiled sub-program (the "
                                        "fastest is kept).", lower_bound=1)
 COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Only lower and compile each cache x decoder program, with "

@@ -1,10 +1,10 @@
-"""`experiments.op_profile`: the HLO instruction table parsed from hand-written HLO text, and a profiled
+"""`d2cache_jax.op_profile`: the HLO instruction table parsed from hand-written HLO text, and a profiled
 call whose time is known to sit in one matmul (a 768^3 product against an add of 64 numbers)."""
 
 import jax
 import jax.numpy as jnp
 
-from experiments import op_profile
+from d2cache_jax import op_profile
 
 HLO = """
 ENTRY %main.5 (Arg_0.1: f32[4,8], Arg_1.2: f32[8,2]) -> f32[4,2] {
