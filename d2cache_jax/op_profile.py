@@ -21,35 +21,40 @@ from typing import Any
 import jax
 
 _NAME = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+) ")
+_OPCODE = re.compile(r" ([a-z][\w-]*)\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+# Instructions whose time is their children's (loops, branches, calls): left out of the rows.
+CONTAINERS = ("while", "conditional", "call")
 
 
-def instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
-    """Instruction name -> (output shape, JAX op_name) for every instruction of a compiled module."""
+def instructions(hlo_text: str) -> dict[str, tuple[str, str, str]]:
+    """Instruction name -> (output shape, JAX op_name, HLO opcode) for every instruction of a module."""
     out = {}
     for line in hlo_text.splitlines():
         m = _NAME.match(line)
         if m:
-            op = _OP_NAME.search(line)
-            out[m.group(1)] = (m.group(2), op.group(1) if op else "")
+            op, code = _OP_NAME.search(line), _OPCODE.search(line, m.start(2) - 1)
+            shape = line[m.start(2):code.start()] if code else m.group(2)
+            out[m.group(1)] = (shape, op.group(1) if op else "", code.group(1) if code else "")
     return out
 
 
-def op_times(trace_file: str, known: dict[str, tuple[str, str]], calls: int) -> list[dict]:
-    """Per-call ms of each instruction of `known` in a perfetto trace (.json.gz), largest first."""
+def op_times(trace_file: str, known: dict[str, tuple[str, str, str]], calls: int) -> list[dict]:
+    """Per-call ms of each instruction of `known` in a perfetto trace (.json.gz), largest first; loops,
+    branches and calls are left out (their time is that of the instructions inside them)."""
     with gzip.open(trace_file) as f:
         events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
     total, count = collections.Counter(), collections.Counter()
     for e in events:
-        if e.get("ph") == "X" and e.get("name") in known:
+        if e.get("ph") == "X" and e.get("name") in known and known[e["name"]][2] not in CONTAINERS:
             total[e["name"]] += e.get("dur", 0)
             count[e["name"]] += 1
     rows = []
     for name, us in total.most_common():
-        shape, op = known[name]
-        rows.append(dict(op=name, ms=us / calls / 1e3, count=count[name] / calls, jax_op=op.rsplit("/", 1)[-1],
-                         shape=shape, op_name=op))
+        shape, op, code = known[name]
+        rows.append(dict(op=name, ms=us / calls / 1e3, count=count[name] / calls,
+                         jax_op=op.rsplit("/", 1)[-1] if op else f"({code})", shape=shape, op_name=op))
     return rows
 
 

@@ -10,6 +10,7 @@ HLO = """
 ENTRY %main.5 (Arg_0.1: f32[4,8], Arg_1.2: f32[8,2]) -> f32[4,2] {
   %Arg_0.1 = f32[4,8]{1,0} parameter(0), metadata={op_name="x"}
   %dot.3 = f32[4,2]{1,0} dot(%Arg_0.1, %Arg_1.2), metadata={op_name="jit(f)/dot_general" stack_frame_id=1}
+  %while.7 = (s32[], f32[4,2]{1,0}) while(%tuple.6), condition=%cond, body=%body
   ROOT %add_fusion = f32[4,2]{1,0} fusion(%dot.3), kind=kLoop, calls=%fused, metadata={op_name="jit(f)/add"}
 }
 """
@@ -17,9 +18,10 @@ ENTRY %main.5 (Arg_0.1: f32[4,8], Arg_1.2: f32[8,2]) -> f32[4,2] {
 
 def test_instructions_parse_names_shapes_and_jax_ops():
     got = op_profile.instructions(HLO)
-    assert got["dot.3"] == ("f32[4,2]{1,0}", "jit(f)/dot_general")
-    assert got["add_fusion"] == ("f32[4,2]{1,0}", "jit(f)/add")
-    assert got["Arg_0.1"] == ("f32[4,8]{1,0}", "x")
+    assert got["dot.3"] == ("f32[4,2]{1,0}", "jit(f)/dot_general", "dot")
+    assert got["add_fusion"] == ("f32[4,2]{1,0}", "jit(f)/add", "fusion")
+    assert got["Arg_0.1"] == ("f32[4,8]{1,0}", "x", "parameter")
+    assert got["while.7"] == ("(s32[], f32[4,2]{1,0})", "", "while")
     assert "main.5" not in got  # a computation header, not an instruction
 
 
