@@ -58,15 +58,22 @@ def op_times(trace_file: str, known: dict[str, tuple[str, str, str]], calls: int
     return rows
 
 
+def fastest_ms(fn: Callable, *args: Any, repeats: int) -> float:
+    """Fastest wall time (ms) of `repeats` calls of a jitted function, compiled and warmed first: a
+    fixed amount of work is timed best by its fastest run, which others' load can only slow."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * min(times)
+
+
 def profile(fn: Callable, *args: Any, calls: int = 5, top: int = 25) -> dict:
     """Wall ms per call of the jitted `fn(*args)` (the fastest of `calls`), then its ops under the
     profiler: the `top` rows, and every op's ms summed by JAX operation."""
-    jax.block_until_ready(fn(*args))
-    walls = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        walls.append(time.perf_counter() - t0)
+    wall_ms = fastest_ms(fn, *args, repeats=calls)
     known = instructions(fn.lower(*args).compile().as_text())
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp, create_perfetto_trace=True):
@@ -79,7 +86,7 @@ def profile(fn: Callable, *args: Any, calls: int = 5, top: int = 25) -> dict:
     by_op = collections.Counter()
     for r in rows:
         by_op[r["jax_op"]] += r["ms"]
-    return dict(wall_ms=1e3 * min(walls), ops_ms_sum=sum(r["ms"] for r in rows),
+    return dict(wall_ms=wall_ms, ops_ms_sum=sum(r["ms"] for r in rows),
                 by_jax_op={k: round(v, 3) for k, v in by_op.most_common()}, top_ops=rows[:top])
 
 

@@ -16,7 +16,6 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -465,16 +464,7 @@ def main(argv):
 _STEP = jax.jit(step_lib.step, static_argnums=(0, 1))
 
 
-def _ms(fn: Callable, *args: Any, repeats: int) -> float:
-    """Fastest wall time (ms) of `repeats` calls of a jitted function, compiled and warmed first: a
-    fixed amount of work is timed best by its fastest run, which others' load can only slow."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * min(times)
+_ms = op_profile.fastest_ms
 
 
 def _method_opts(method: str, gen_length: int, extra: dict) -> GenOptions:
